@@ -1,0 +1,1 @@
+"""Cephalometric analyses computed from a landmark result."""

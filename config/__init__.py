@@ -1,0 +1,1 @@
+"""Node configuration: one TOML file, validated at start."""

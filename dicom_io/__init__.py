@@ -1,0 +1,1 @@
+"""Reading DICOM pixels and writing the objects cephnode returns."""

@@ -1,0 +1,1 @@
+"""CephTrace v4 two-stage landmark pipeline on ONNX Runtime."""

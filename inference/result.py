@@ -1,0 +1,88 @@
+"""Typed results of the inference pipeline. Plain dataclasses that serialise to JSON."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Landmark:
+    name: str
+    # Pixel coordinates in the ORIGINAL image (column x, row y); None when unavailable.
+    x: float | None
+    y: float | None
+    confidence: float          # Stage 1 heatmap peak, 0..1 (0 when unavailable)
+    level: str                 # "high" | "medium" | "low" | "unavailable"
+    predicted: bool            # False: the pack does not really predict this landmark
+    note: str = ""             # why it is not a validated prediction, if it is not
+
+    @property
+    def available(self) -> bool:
+        return self.x is not None and self.y is not None
+
+
+@dataclass
+class Stage0Diagnostics:
+    ok: bool
+    failed_phase: str | None = None     # "0A", "0B", "0C", "0D" or "0E"
+    reason: str | None = None
+    profile_pixels: int = 0
+    # Anchors found by 0B/0D, in original-image pixels (None when not found).
+    anchors: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    # Zone boxes at 512 in the canonical pose (x1, y1, x2, y2).
+    zone_boxes: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    # Traced contours, original-image pixels, per class: list of (x, y).
+    contours: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    profile: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
+class Orientation:
+    """How the input was turned into the canonical pose (face to the image's left)."""
+    rotation_k: int        # number of 90-degree counter-clockwise turns applied first (np.rot90)
+    flipped: bool          # then mirrored left-right
+    source: str            # "dicom", "image", "given" or "none"
+
+
+@dataclass
+class InferenceResult:
+    image_name: str
+    width: int
+    height: int
+    landmarks: list[Landmark]
+    stage0: Stage0Diagnostics
+    orientation: Orientation
+    degraded: bool
+    timings_ms: dict[str, float]
+    providers: dict[str, list[str]]
+    pack_name: str
+    pack_version: str
+    pixel_spacing_mm: tuple[float, float] | None = None  # (row, column)
+
+    def landmark(self, name: str) -> Landmark:
+        for lm in self.landmarks:
+            if lm.name == name:
+                return lm
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InferenceResult":
+        d = dict(d)
+        d["landmarks"] = [Landmark(**lm) for lm in d["landmarks"]]
+        s0 = dict(d["stage0"])
+        s0["anchors"] = {k: (tuple(v) if v is not None else None) for k, v in s0.get("anchors", {}).items()}
+        s0["zone_boxes"] = {k: tuple(v) for k, v in s0.get("zone_boxes", {}).items()}
+        s0["contours"] = {k: [tuple(p) for p in v] for k, v in s0.get("contours", {}).items()}
+        s0["profile"] = [tuple(p) for p in s0.get("profile", [])]
+        d["stage0"] = Stage0Diagnostics(**s0)
+        d["orientation"] = Orientation(**d["orientation"])
+        if d.get("pixel_spacing_mm") is not None:
+            d["pixel_spacing_mm"] = tuple(d["pixel_spacing_mm"])
+        return cls(**d)

@@ -1,0 +1,1 @@
+"""The DICOM network node: receive -> spool -> study -> inference -> report -> send."""

@@ -1,0 +1,1 @@
+"""Training of the default model pack (optional 'train' extra; needs torch)."""
