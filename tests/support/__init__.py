@@ -1,0 +1,1 @@
+"""Shared helpers for the tests: real data, generated DICOM, stand-in models, real peers."""

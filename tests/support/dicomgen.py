@@ -1,0 +1,145 @@
+"""Build DICOM projection radiographs from the real ISBI images, in several encodings.
+
+Used as the modality's input in tests. Only the data is generated here; every test
+sends it over real sockets or through real validators.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
+
+
+def read_grey(path: str | Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise FileNotFoundError(path)
+    return img
+
+
+def make_dx(
+    pixels: np.ndarray,
+    *,
+    pixel_spacing_mm: tuple[float, float] | None = (0.2, 0.2),
+    bits: int = 8,
+    monochrome1: bool = False,
+    window: tuple[float, float] | None = None,
+    patient_orientation: tuple[str, str] | None = ("A", "F"),  # ISBI faces right: rows run anterior
+    study_uid: str | None = None,
+    patient_id: str = "CEPH-TEST-001",
+    patient_name: str = "Test^Ceph",
+    series_description: str = "LAT CEPH",
+) -> Dataset:
+    """A DX 'for presentation' instance, Explicit VR Little Endian, from an 8-bit grey array.
+
+    bits > 8 stretches the 8-bit values over the wider range (as a 12/16-bit detector would
+    deliver them); monochrome1 inverts the stored values and declares MONOCHROME1;
+    window sets a VOI window (center, width) in stored-value units.
+    """
+    img = np.asarray(pixels)
+    if bits > 8:
+        scale = (2**bits - 1) / 255.0
+        stored = np.round(img.astype(np.float64) * scale).astype(np.uint16)
+    else:
+        stored = img.astype(np.uint8)
+    maxval = 2**bits - 1
+    if monochrome1:
+        stored = (maxval - stored.astype(np.int64)).astype(stored.dtype)
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    now = dt.datetime.now()
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19900101"
+    ds.PatientSex = "F"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+    ds.AccessionNumber = "ACC0001"
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Modality = "DX"
+    ds.Manufacturer = "cephnode tests"
+    ds.SeriesDescription = series_description
+    ds.BodyPartExamined = "SKULL"
+    ds.ViewPosition = "LL"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = 1 if not monochrome1 else -1
+    ds.BurnedInAnnotation = "NO"
+    ds.ImagerPixelSpacing = None
+    if pixel_spacing_mm is not None:
+        ds.ImagerPixelSpacing = [f"{pixel_spacing_mm[0]:.6g}", f"{pixel_spacing_mm[1]:.6g}"]
+        ds.EstimatedRadiographicMagnificationFactor = "1.0"
+    else:
+        del ds.ImagerPixelSpacing
+    if patient_orientation is not None:
+        ds.PatientOrientation = list(patient_orientation)
+    else:
+        ds.PatientOrientation = ""
+    ds.DetectorType = "SCINTILLATOR"
+    ds.ExposureTime = 100
+    ds.KVP = 80
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "US"
+    ds.Laterality = ""
+    ds.ImageLaterality = "U"
+    if window is not None:
+        ds.WindowCenter = f"{window[0]:.6g}"
+        ds.WindowWidth = f"{window[1]:.6g}"
+    else:
+        ds.WindowCenter = f"{(maxval + 1) / 2:.6g}"
+        ds.WindowWidth = f"{maxval + 1:.6g}"
+    ds.VOILUTFunction = "LINEAR"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 8 if bits <= 8 else 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.LossyImageCompression = "00"
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def save(ds: Dataset, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def compress(ds: Dataset, transfer_syntax: str) -> Dataset:
+    """Re-encode with pydicom's encoders (RLE, JPEG-LS, JPEG 2000 via pylibjpeg/openjpeg)."""
+    out = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_to_bytes(ds)))
+    out.compress(transfer_syntax)
+    return out
+
+
+def _to_bytes(ds: Dataset) -> bytes:
+    from io import BytesIO
+
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
