@@ -1,0 +1,247 @@
+"""The node's whole configuration as pydantic models.
+
+Every model forbids unknown keys, so a typo in the TOML file is an error with its key path
+rather than a silently ignored setting. Defaults are what `cephnode serve` runs with when
+there is no file at all.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+)
+
+OutputKind = Literal["sr", "seg", "gsps", "sc"]
+ALL_OUTPUT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc")
+DEFAULT_OUTPUT_KINDS: list[str] = ["sr", "seg", "gsps"]
+
+_AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash or controls
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_CHARS.match(value):
+        raise ValueError("an AE title is 1 to 16 printable ASCII characters without a backslash")
+    return stripped
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerTls(_Strict):
+    """TLS on the node's own listening port (DICOM TLS, PS3.15 B.1)."""
+    enabled: bool = False
+    cert_file: Path | None = None          # PEM certificate chain of the node
+    key_file: Path | None = None           # PEM private key
+    key_password: SecretStr | None = None  # better set by env CEPHNODE_TLS_KEY_PASSWORD
+    ca_file: Path | None = None            # PEM CAs that sign the callers' client certificates
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ServerTls":
+        if self.enabled:
+            missing = [k for k in ("cert_file", "key_file") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"TLS is enabled but {', '.join(missing)} is not set")
+            if self.require_client_cert and self.ca_file is None:
+                raise ValueError("require_client_cert needs ca_file (the CAs that sign client certificates)")
+        return self
+
+
+class ClientTls(_Strict):
+    """TLS when the node connects to a destination."""
+    enabled: bool = False
+    ca_file: Path | None = None            # CAs to verify the destination; None: the system store
+    cert_file: Path | None = None          # client certificate, if the destination asks for one
+    key_file: Path | None = None
+    key_password: SecretStr | None = None  # better set by env CEPHNODE_DEST_<NAME>_KEY_PASSWORD
+    server_hostname: str | None = None     # name to check in the destination's certificate; default: host
+    verify: bool = True
+
+
+class AllowedCaller(_Strict):
+    ae_title: str
+    hosts: list[str] = Field(default_factory=list)   # empty: any address; else only these IPs
+    return_port: int | None = Field(default=None, ge=1, le=65535)  # where this AE listens (return-to-sender)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class ListenConfig(_Strict):
+    ae_title: str = "CEPHNODE"
+    bind_address: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    max_associations: int = Field(default=10, ge=1, le=200)
+    max_pdu_bytes: int = Field(default=65536, ge=4096, le=2**24)
+    acse_timeout_s: float = Field(default=30, gt=0)
+    dimse_timeout_s: float = Field(default=60, gt=0)
+    network_timeout_s: float = Field(default=120, gt=0)
+    # Empty list: any calling AE title is accepted (logged with a warning at start).
+    allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+    tls: ServerTls = Field(default_factory=ServerTls)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @model_validator(mode="after")
+    def _unique_callers(self) -> "ListenConfig":
+        seen: set[str] = set()
+        for caller in self.allowed_callers:
+            if caller.ae_title in seen:
+                raise ValueError(f"allowed caller {caller.ae_title!r} is listed twice")
+            seen.add(caller.ae_title)
+        return self
+
+
+class StorageConfig(_Strict):
+    data_dir: Path = Path("cephnode-data")  # relative paths are relative to the working directory
+    spool_dir: Path | None = None           # default <data_dir>/spool
+    db_path: Path | None = None             # default <data_dir>/queue.sqlite
+    outbox_dir: Path | None = None          # default <data_dir>/outbox
+
+    @property
+    def spool(self) -> Path:
+        return self.spool_dir or self.data_dir / "spool"
+
+    @property
+    def db(self) -> Path:
+        return self.db_path or self.data_dir / "queue.sqlite"
+
+    @property
+    def outbox(self) -> Path:
+        return self.outbox_dir or self.data_dir / "outbox"
+
+
+DEFAULT_SOP_CLASSES = [
+    str(DigitalXRayImageStorageForPresentation),
+    str(DigitalXRayImageStorageForProcessing),
+    str(ComputedRadiographyImageStorage),
+    str(SecondaryCaptureImageStorage),
+]
+
+
+class SelectionRules(_Strict):
+    """Which received instances are traced. Defaults fit lateral cephalograms: a projection
+    radiograph of the skull in a lateral view. An attribute the instance lacks passes when
+    its *_missing_ok is true (many cephalostats leave BodyPartExamined or ViewPosition empty)."""
+    sop_classes: list[str] = Field(default_factory=lambda: list(DEFAULT_SOP_CLASSES))
+    modalities: list[str] = Field(default_factory=lambda: ["DX", "CR", "OT", "RG", "PX"])
+    body_parts: list[str] = Field(default_factory=lambda: ["SKULL", "HEAD", "FACE", "JAW", "TMJ", "HEADNECK"])
+    body_part_missing_ok: bool = True
+    view_positions: list[str] = Field(default_factory=lambda: ["LL", "RL", "LAT", "LATERAL"])
+    view_position_missing_ok: bool = True
+    # Regular expressions (Python syntax, case-insensitive) on SeriesDescription; a match in
+    # exclude wins. Empty include: any description.
+    series_description_include: list[str] = Field(default_factory=list)
+    series_description_exclude: list[str] = Field(
+        default_factory=lambda: [r"\b(PA|AP|PANO|PANORAMIC|OPG|FRONTAL|WATERS|TOWNE|HAND|WRIST)\b"])
+    min_rows: int = Field(default=256, ge=1)
+    min_columns: int = Field(default=256, ge=1)
+    max_rows: int = Field(default=12000, ge=1)
+    max_columns: int = Field(default=12000, ge=1)
+
+    @field_validator("series_description_include", "series_description_exclude")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {p!r}: {exc}") from None
+        return patterns
+
+    @field_validator("modalities", "body_parts", "view_positions")
+    @classmethod
+    def _upper(cls, values: list[str]) -> list[str]:
+        return [v.strip().upper() for v in values]
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "SelectionRules":
+        if self.min_rows > self.max_rows or self.min_columns > self.max_columns:
+            raise ValueError("min_rows/min_columns must not exceed max_rows/max_columns")
+        return self
+
+
+class StudyConfig(_Strict):
+    # Modalities send no end-of-study signal: a study is complete after this long without a new instance.
+    quiet_period_s: float = Field(default=30.0, ge=0.0, le=86400)
+
+
+class Destination(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str | None = None     # default: the node's own AE title
+    kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
+    tls: ClientTls = Field(default_factory=ClientTls)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("calling_ae_title")
+    @classmethod
+    def _calling(cls, v: str | None) -> str | None:
+        return None if v is None else _check_ae_title(v)
+
+
+class ReturnToSender(_Strict):
+    """Send results back to the AE that sent the image, at the association's address and the
+    port given for that AE in listen.allowed_callers (return_port)."""
+    enabled: bool = False
+    kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
+    tls: ClientTls = Field(default_factory=ClientTls)
+
+
+class RetryConfig(_Strict):
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    initial_delay_s: float = Field(default=30.0, ge=0.0)
+    factor: float = Field(default=2.0, ge=1.0, le=10.0)
+    max_delay_s: float = Field(default=3600.0, ge=0.0)
+
+    def delay_after(self, attempts: int) -> float:
+        """Seconds to wait after the `attempts`-th failed attempt (1-based)."""
+        return min(self.max_delay_s, self.initial_delay_s * self.factor ** max(0, attempts - 1))
+
+
+class ProcessingConfig(_Strict):
+    models_dir: Path | None = None          # None: $CEPHNODE_MODELS, else the embedded default pack
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(default=None, ge=1, le=256)  # ONNX Runtime intra-op threads
+    # Kinds kept in the outbox even when no destination wants them.
+    outbox_kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
+    max_processing_attempts: int = Field(default=3, ge=1, le=20)  # crashes mid-inference before parking
+
+
+class LoggingConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+    log_phi: bool = False                   # patient names/IDs in logs only when an admin turns this on
+
+
+class NodeConfig(_Strict):
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    selection: SelectionRules = Field(default_factory=SelectionRules)
+    study: StudyConfig = Field(default_factory=StudyConfig)
+    destinations: list[Destination] = Field(default_factory=list)
+    return_to_sender: ReturnToSender = Field(default_factory=ReturnToSender)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> "NodeConfig":
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
+        if self.return_to_sender.enabled and not any(c.return_port for c in self.listen.allowed_callers):
+            raise ValueError("return_to_sender is enabled but no listen.allowed_callers entry has a return_port")
+        return self
