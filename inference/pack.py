@@ -1,0 +1,175 @@
+"""Model packs: a folder holding the seven CephTrace v4 files, plus (ours) a pack.json manifest.
+
+A pack folder with the published files and no manifest loads as the published pack. With a
+manifest, every listed file must exist with the recorded size and sha256. Input/output shapes
+are checked when the ONNX Runtime sessions are created (inference.sessions), where ONNX
+Runtime parses the graph anyway; those errors are PackErrors too, naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from inference import contract
+from inference.landmarks import CANONICAL_25
+
+MANIFEST = "pack.json"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED_NAME = "cephtrace-v4-published"
+PM_NOTE = "unvalidated: no public data set labels Pm; the published code puts it on the soft-tissue chin-lip inflection"
+# A valid ONNX file is a protobuf; anything shorter than this cannot hold a usable graph.
+MIN_MODEL_BYTES = 64
+
+
+class PackError(ValueError):
+    """A model pack cannot be used. The message names the file and the problem."""
+
+
+@dataclass
+class ModelPack:
+    root: Path
+    name: str
+    version: str
+    files: dict[str, Path]                 # contract key -> absolute path
+    predicted: frozenset[str]              # landmarks the pack really predicts
+    rules: dict[str, str]                  # landmark -> stated rule (not a prediction)
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def published(self) -> bool:
+        return not self.manifest or self.manifest.get("name") == PUBLISHED_NAME
+
+    def note_for(self, landmark: str) -> str:
+        """Why a landmark's output is not a validated prediction ('' when it is one)."""
+        if landmark in self.rules:
+            return f"rule: {self.rules[landmark]}"
+        if landmark not in self.predicted:
+            return "not predicted by this model pack"
+        if landmark == "Pm":
+            return PM_NOTE
+        return ""
+
+
+def default_pack_dir() -> Path:
+    env = os.environ.get("CEPHNODE_MODELS")
+    return Path(env) if env else REPO_ROOT / "models" / "default"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackError(f"{path}: manifest is not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise PackError(f"{path}: manifest must be a JSON object")
+    for key in ("name", "version", "files"):
+        if key not in data:
+            raise PackError(f"{path}: manifest lacks '{key}'")
+    if not isinstance(data["files"], dict):
+        raise PackError(f"{path}: 'files' must map relative paths to {{sha256, bytes}}")
+    return data
+
+
+def _check_listed_file(root: Path, rel: str, entry: Mapping, *, verify_hash: bool) -> None:
+    path = root / rel
+    if not path.is_file():
+        raise PackError(f"{path}: missing (listed in {MANIFEST})")
+    size = path.stat().st_size
+    want = entry.get("bytes")
+    if want is not None and size != int(want):
+        what = "truncated" if size < int(want) else "larger than recorded"
+        raise PackError(f"{path}: {what}: {size} bytes, manifest says {int(want)}")
+    if verify_hash and entry.get("sha256"):
+        got = sha256_file(path)
+        if got != entry["sha256"]:
+            raise PackError(f"{path}: corrupt: sha256 {got[:16]}... does not match the manifest's {str(entry['sha256'])[:16]}...")
+
+
+def _validate_landmarks(names: Iterable[str], where: str) -> list[str]:
+    names = list(names)
+    unknown = [n for n in names if n not in CANONICAL_25]
+    if unknown:
+        raise PackError(f"{where}: unknown landmark names {unknown}")
+    return names
+
+
+def load_pack(path: Path | str | None = None, *, verify_hash: bool = True) -> ModelPack:
+    """Open a pack folder; raise PackError naming the file and the problem if it is unusable."""
+    root = Path(path) if path is not None else default_pack_dir()
+    root = root.expanduser().resolve()
+    if not root.is_dir():
+        raise PackError(f"{root}: model pack folder does not exist")
+    manifest_path = root / MANIFEST
+    manifest: dict = {}
+    if manifest_path.exists():
+        manifest = _read_manifest(manifest_path)
+        for rel, entry in manifest["files"].items():
+            if not isinstance(entry, Mapping):
+                raise PackError(f"{manifest_path}: entry for {rel} must be an object with sha256 and bytes")
+            _check_listed_file(root, rel, entry, verify_hash=verify_hash)
+
+    files: dict[str, Path] = {}
+    for spec in contract.MODELS:
+        p = root / spec.path
+        if not p.is_file():
+            raise PackError(f"{p}: missing ({spec.phase} model '{spec.key}' of the CephTrace v4 contract)")
+        if p.stat().st_size < MIN_MODEL_BYTES:
+            raise PackError(f"{p}: truncated: only {p.stat().st_size} bytes")
+        if manifest and spec.path not in manifest["files"]:
+            raise PackError(f"{p}: present but not listed in {manifest_path}, so it cannot be verified")
+        files[spec.key] = p
+
+    if manifest:
+        predicted = frozenset(_validate_landmarks(manifest.get("predicted_landmarks", CANONICAL_25),
+                                                  f"{manifest_path}: predicted_landmarks"))
+        rules = dict(manifest.get("rule_landmarks", {}))
+        _validate_landmarks(rules, f"{manifest_path}: rule_landmarks")
+        return ModelPack(root, str(manifest["name"]), str(manifest["version"]), files,
+                         predicted - set(rules), rules, manifest)
+    # The published CephTrace v4 files as they come: all 25 channels are predictions (Pm noted).
+    return ModelPack(root, PUBLISHED_NAME, "v4", files, frozenset(CANONICAL_25), {}, {})
+
+
+def write_manifest(root: Path | str, *, name: str, version: str, predicted: Iterable[str],
+                   rules: Mapping[str, str], provenance: dict, accuracy: dict) -> Path:
+    """Write <root>/pack.json with sha256 and size of every contract file present."""
+    root = Path(root)
+    files = {}
+    for spec in contract.MODELS:
+        p = root / spec.path
+        if not p.is_file():
+            raise PackError(f"{p}: missing; a pack needs all seven contract files")
+        files[spec.path] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    predicted = _validate_landmarks(predicted, "predicted")
+    rules = dict(rules)
+    _validate_landmarks(rules, "rules")
+    data = {
+        "name": name,
+        "version": version,
+        "files": files,
+        "predicted_landmarks": [n for n in CANONICAL_25 if n in set(predicted) and n not in rules],
+        "rule_landmarks": rules,
+        "not_predicted": [n for n in CANONICAL_25 if n not in set(predicted) and n not in rules],
+        "provenance": provenance,
+        "accuracy": accuracy,
+    }
+    out = root / MANIFEST
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, out)
+    return out
