@@ -84,6 +84,7 @@ class ListenConfig(_Strict):
     acse_timeout_s: float = Field(default=30, gt=0)
     dimse_timeout_s: float = Field(default=60, gt=0)
     network_timeout_s: float = Field(default=120, gt=0)
+    check_called_ae: bool = True           # refuse associations addressed to another AE title
     # Empty list: any calling AE title is accepted (logged with a warning at start).
     allowed_callers: list[AllowedCaller] = Field(default_factory=list)
     tls: ServerTls = Field(default_factory=ServerTls)
@@ -144,8 +145,10 @@ class SelectionRules(_Strict):
         default_factory=lambda: [r"\b(PA|AP|PANO|PANORAMIC|OPG|FRONTAL|WATERS|TOWNE|HAND|WRIST)\b"])
     min_rows: int = Field(default=256, ge=1)
     min_columns: int = Field(default=256, ge=1)
-    max_rows: int = Field(default=12000, ge=1)
-    max_columns: int = Field(default=12000, ge=1)
+    # No upper limit by default: absurd sizes are refused by the pixel reader, so the job fails
+    # with that reason (visible in `cephnode status`) instead of being silently skipped.
+    max_rows: int | None = Field(default=None, ge=1)
+    max_columns: int | None = Field(default=None, ge=1)
 
     @field_validator("series_description_include", "series_description_exclude")
     @classmethod
@@ -164,7 +167,8 @@ class SelectionRules(_Strict):
 
     @model_validator(mode="after")
     def _sizes(self) -> "SelectionRules":
-        if self.min_rows > self.max_rows or self.min_columns > self.max_columns:
+        if (self.max_rows is not None and self.min_rows > self.max_rows) or (
+                self.max_columns is not None and self.min_columns > self.max_columns):
             raise ValueError("min_rows/min_columns must not exceed max_rows/max_columns")
         return self
 

@@ -1,0 +1,158 @@
+"""One job: spooled instance -> pixels -> inference -> result objects in the outbox -> deliveries.
+
+Every failure of the input (unreadable file, undecodable pixels, colour, multi-frame, absurd
+size, an inference error) ends the job as failed with the reason; nothing here may take the
+node down.
+"""
+from __future__ import annotations
+
+import json
+import time
+from io import BytesIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from config.schema import NodeConfig
+from dicom_io.pixels import PixelDataError, read_dicom_image
+from dicom_io.spool import safe_name, write_atomic
+from node.jobstore import Job, JobStore
+from node.logs import get_logger, phi_fields
+from node.result_objects import build_result_objects
+
+log = get_logger("cephnode.processing")
+
+
+@dataclass
+class ProducedObject:
+    kind: str
+    sop_uid: str
+    sop_class: str
+    path: str
+
+
+class JobFailed(Exception):
+    """The input cannot be processed; the message is the reason shown to the admin."""
+
+
+def wanted_kinds(cfg: NodeConfig) -> list[str]:
+    kinds = set(cfg.processing.outbox_kinds)
+    for d in cfg.destinations:
+        kinds.update(d.kinds)
+    if cfg.return_to_sender.enabled:
+        kinds.update(cfg.return_to_sender.kinds)
+    order = ("sr", "seg", "gsps", "sc")
+    return [k for k in order if k in kinds]
+
+
+class Processor:
+    def __init__(self, cfg: NodeConfig, store: JobStore, pipeline: Any):
+        self.cfg = cfg
+        self.store = store
+        self.pipeline = pipeline
+        self.outbox = Path(cfg.storage.outbox).resolve()
+        self.kinds = wanted_kinds(cfg)
+        self._callers = {c.ae_title: c for c in cfg.listen.allowed_callers}
+
+    def run(self, job: Job) -> str:
+        """Process one claimed job; returns its new state."""
+        timings: dict[str, float] = {}
+        ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
+        log.info("job_started", **ctx)
+        t_all = time.perf_counter()
+        try:
+            ds = self._read(job, timings)
+            result = self._infer(ds, job, timings)
+            objects = self._produce(ds, result, job, timings)
+        except JobFailed as exc:
+            timings["total_ms"] = _ms(t_all)
+            self.store.fail_job(job.id, str(exc), timings=timings)
+            log.warning("job_failed", **ctx, reason=str(exc), timings_ms=timings)
+            return "failed"
+        except Exception as exc:  # a bug or an unexpected library error: still only this job fails
+            timings["total_ms"] = _ms(t_all)
+            reason = f"unexpected error: {type(exc).__name__}: {exc}"
+            self.store.fail_job(job.id, reason, timings=timings)
+            log.exception("job_failed", **ctx, reason=reason, timings_ms=timings)
+            return "failed"
+        deliveries = self._deliveries(job, objects)
+        timings["total_ms"] = _ms(t_all)
+        state = self.store.finish_processing(job.id, [o.__dict__ for o in objects], deliveries, timings)
+        log.info("job_processed", **ctx, state=state, objects=len(objects), deliveries=len(deliveries),
+                 degraded=bool(getattr(result, "degraded", False)), timings_ms=timings, **phi_fields(ds))
+        return state
+
+    # ---- steps ------------------------------------------------------------------------
+    def _read(self, job: Job, timings: dict[str, float]) -> Dataset:
+        t = time.perf_counter()
+        try:
+            ds = pydicom.dcmread(job.path)
+        except FileNotFoundError:
+            raise JobFailed(f"spooled file is missing: {job.path}") from None
+        except Exception as exc:
+            raise JobFailed(f"cannot read the instance: {type(exc).__name__}: {exc}") from None
+        timings["read_ms"] = _ms(t)
+        return ds
+
+    def _infer(self, ds: Dataset, job: Job, timings: dict[str, float]):
+        t = time.perf_counter()
+        try:
+            image = read_dicom_image(ds)
+        except PixelDataError as exc:
+            raise JobFailed(str(exc)) from None
+        except Exception as exc:  # pydicom/numpy errors on hostile headers
+            raise JobFailed(f"pixel data unusable: {type(exc).__name__}: {exc}") from None
+        timings["decode_ms"] = _ms(t)
+        if image.pixel_spacing_mm is None:
+            log.info("pixel_spacing_unknown", job_id=job.id, sop_uid=job.sop_uid, detail=image.spacing_source)
+        t = time.perf_counter()
+        result = self.pipeline.run(image.pixels, pixel_spacing_mm=image.pixel_spacing_mm,
+                                   patient_orientation=image.patient_orientation, name=job.sop_uid)
+        timings["inference_ms"] = _ms(t)
+        return result
+
+    def _produce(self, ds: Dataset, result: Any, job: Job, timings: dict[str, float]) -> list[ProducedObject]:
+        t = time.perf_counter()
+        folder = self.outbox / safe_name(job.study_uid) / safe_name(job.sop_uid)
+        write_atomic(folder / "result.json", json.dumps(result.to_dict(), indent=1).encode())
+        produced: list[ProducedObject] = []
+        for kind, out in build_result_objects(ds, result, kinds=self.kinds, pack=self.pipeline.pack):
+            path = folder / f"{kind}-{safe_name(str(out.SOPInstanceUID))}.dcm"
+            buf = BytesIO()
+            out.save_as(buf, enforce_file_format=True)
+            write_atomic(path, buf.getvalue())
+            produced.append(ProducedObject(kind, str(out.SOPInstanceUID), str(out.SOPClassUID), str(path)))
+        timings["outputs_ms"] = _ms(t)
+        return produced
+
+    def _deliveries(self, job: Job, objects: list[ProducedObject]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for dest in self.cfg.destinations:
+            for o in objects:
+                if o.kind in dest.kinds:
+                    out.append({"destination": dest.name, "ae_title": dest.ae_title, "host": dest.host,
+                                "port": dest.port, **_obj(o)})
+        rts = self.cfg.return_to_sender
+        if rts.enabled:
+            caller = self._callers.get(job.calling_ae or "")
+            if caller is None or caller.return_port is None or not job.peer_host:
+                log.warning("return_to_sender_unknown", job_id=job.id, calling_ae=job.calling_ae,
+                            detail="no return_port configured for this calling AE; results not sent back")
+            else:
+                for o in objects:
+                    if o.kind in rts.kinds:
+                        out.append({"destination": "sender", "ae_title": caller.ae_title, "host": job.peer_host,
+                                    "port": caller.return_port, **_obj(o)})
+        return out
+
+
+def _obj(o: ProducedObject) -> dict[str, Any]:
+    return {"kind": o.kind, "sop_uid": o.sop_uid, "sop_class": o.sop_class, "path": o.path}
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
+
