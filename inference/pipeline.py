@@ -1,0 +1,296 @@
+"""The CephTrace v4 two-stage pipeline (shared/spec/cephtrace-v4.md) on ONNX Runtime.
+
+    image -> 512 working grid -> canonical pose (face left)
+          -> 0A profile net -> 0B profile geometry, zone boxes
+          -> 0C zone nets -> contours -> 0D Douglas-Peucker + anchor rules
+          -> 0E MLP -> 25 Gaussian attention maps
+          -> Stage 1 heatmap net -> DARK decoding -> original pose and pixel size
+
+Sessions are created once per Pipeline and reused; run() may be called from several
+threads at once (ONNX Runtime sessions are thread-safe, and every buffer is per call).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import structlog
+
+from inference import contract
+from inference.anchors import find_anchors, work_px_per_mm
+from inference.decode import decode_heatmaps
+from inference.geometry import HEAT, WORK, from_work, heat_to_work
+from inference.imageio import WorkImage, prepare, read_file
+from inference.landmarks import CANONICAL_25, INDEX, confidence_level
+from inference.orientation import detect_pose, inverse_points, pose_from_patient_orientation, to_canonical
+from inference.pack import ModelPack, load_pack
+from inference.priors import anchor_vector, attention_maps, derived_points
+from inference.profile import StageFailure, analyse_profile, profile_mask, zone_boxes
+from inference.result import InferenceResult, Landmark, Orientation, Stage0Diagnostics
+from inference.sessions import ModelSessions
+from inference.zones import PRIMARY, band_midline, run_zones
+
+log = structlog.get_logger("cephnode.inference")
+
+PROFILE_OVERWRITES = ("UL", "LL", "Sn", "Pog_soft", "Pm")
+RULE_SOURCES = ("0B", "0D", "0E")     # a stated rule naming one of these phases can be evaluated
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+
+
+@dataclass
+class _Prepared:
+    """One image on the working grid, in the canonical pose, with its Stage 0 outcome."""
+    name: str
+    work: WorkImage
+    pose: tuple[int, bool]
+    orientation: Orientation
+    canon_grey: np.ndarray
+    canon_rgb: np.ndarray | None
+    pixel_spacing_mm: tuple[float, float] | None
+    timer: _Timer
+    prior_points: np.ndarray = field(default_factory=lambda: np.full((25, 2), np.nan))   # 512 grid
+    stage0_points: dict[str, np.ndarray] = field(default_factory=dict)   # every point Stage 0 found
+    rule_points: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    diag: Stage0Diagnostics | None = None
+
+
+class Pipeline:
+    def __init__(self, pack: ModelPack, sessions: ModelSessions):
+        self.pack = pack
+        self.sessions = sessions
+
+    @classmethod
+    def load(cls, models_dir: Path | str | None = None, *, device: str = "auto",
+             threads: int | None = None) -> "Pipeline":
+        pack = load_pack(models_dir)
+        sessions = ModelSessions(pack, device=device, threads=threads)
+        log.info("pipeline_loaded", pack=pack.name, version=pack.version, root=str(pack.root),
+                 providers=sorted({p[0] for p in sessions.providers.values()}),
+                 gpu_note=sessions.gpu_unavailable_reason or None)
+        return cls(pack, sessions)
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        return self.sessions.providers
+
+    # ---- public API ------------------------------------------------------------------------
+
+    def run(self, image: np.ndarray, *, pixel_spacing_mm: tuple[float, float] | None = None,
+            patient_orientation: tuple[str, str] | None = None, name: str = "",
+            orientation: tuple[int, bool] | None = None) -> InferenceResult:
+        """Trace one image. ``orientation`` (k, flip) forces a pose (e.g. known from elsewhere)."""
+        prep = self._prepare(image, pixel_spacing_mm, patient_orientation, name, orientation)
+        self._stage0(prep)
+        x = self._stage1_input([prep])
+        with prep.timer.phase("stage1"):
+            heat = self.sessions.run(contract.STAGE1.key, x)
+        return self._finish(prep, heat[0])
+
+    def run_batch(self, items: Sequence[dict]) -> list[InferenceResult]:
+        """Several images; Stage 1 runs as one batch when the model's batch axis is dynamic."""
+        preps = []
+        for item in items:
+            kw = dict(item)
+            image = kw.pop("image")
+            prep = self._prepare(image, kw.get("pixel_spacing_mm"), kw.get("patient_orientation"),
+                                 kw.get("name", ""), kw.get("orientation"))
+            self._stage0(prep)
+            preps.append(prep)
+        if not preps:
+            return []
+        if self.sessions.io[contract.STAGE1.key].dynamic_batch and len(preps) > 1:
+            results = []
+            for start in range(0, len(preps), 8):          # bound the input tensor (8 x 29 MB)
+                chunk = preps[start:start + 8]
+                x = self._stage1_input(chunk)
+                t0 = time.perf_counter()
+                heat = self.sessions.run(contract.STAGE1.key, x)
+                share = (time.perf_counter() - t0) * 1e3 / len(chunk)
+                for i, prep in enumerate(chunk):
+                    prep.timer.ms["stage1"] = share
+                    results.append(self._finish(prep, heat[i]))
+            return results
+        out = []
+        for prep in preps:
+            x = self._stage1_input([prep])
+            with prep.timer.phase("stage1"):
+                heat = self.sessions.run(contract.STAGE1.key, x)
+            out.append(self._finish(prep, heat[0]))
+        return out
+
+    def run_file(self, path: str | Path, **kw) -> InferenceResult:
+        """PNG/JPEG/TIFF/BMP/DICOM file; DICOM spacing and Patient Orientation are used."""
+        t0 = time.perf_counter()
+        f = read_file(path)
+        read_ms = (time.perf_counter() - t0) * 1e3
+        kw.setdefault("pixel_spacing_mm", f.pixel_spacing_mm)
+        kw.setdefault("patient_orientation", f.patient_orientation)
+        kw.setdefault("name", Path(path).name)
+        result = self.run(f.pixels, **kw)
+        result.timings_ms = {"read_file": round(read_ms, 3), **result.timings_ms}
+        return result
+
+    # ---- steps -----------------------------------------------------------------------------
+
+    def _prepare(self, image, spacing, patient_orientation, name, forced) -> _Prepared:
+        timer = _Timer()
+        with timer.phase("prepare"):
+            work = prepare(image)
+        with timer.phase("orient"):
+            if forced is not None:
+                pose, source = (int(forced[0]) % 4, bool(forced[1])), "given"
+            else:
+                pose = pose_from_patient_orientation(patient_orientation)
+                source = "dicom"
+                if pose is None:
+                    pose, _margin = detect_pose(work.grey)
+                    source = "image"
+            canon_grey = to_canonical(work.grey, *pose)
+            canon_rgb = to_canonical(work.rgb, *pose) if work.rgb is not None else None
+        spacing_t = tuple(float(v) for v in spacing) if spacing is not None else None
+        return _Prepared(name, work, pose, Orientation(pose[0], pose[1], source), canon_grey, canon_rgb,
+                         spacing_t, timer)
+
+    def _stage0(self, prep: _Prepared) -> None:
+        t = prep.timer
+        failed: tuple[str, str] | None = None
+        profile = None
+        with t.phase("0A"):
+            out = self.sessions.run(contract.PROFILE.key, prep.canon_grey[None, None])
+            mask = profile_mask(out)
+        with t.phase("0B"):
+            try:
+                profile = analyse_profile(mask)
+            except StageFailure as exc:
+                failed = (exc.phase, exc.reason)
+            boxes = zone_boxes(profile)
+        with t.phase("0C"):
+            contours, _src = run_zones(prep.canon_grey, boxes, self.sessions.run)
+            if failed is None and not any(c in contours for c in PRIMARY):
+                failed = ("0C", "no primary contour found (cranial base, mandibular border, palatal plane, symphysis)")
+        with t.phase("0D"):
+            lines = {c: band_midline(p) for c, p in contours.items()}
+            px_mm = work_px_per_mm(prep.work.width, prep.work.height, prep.pixel_spacing_mm)
+            prof_pts = {k: np.array(v) for k, v in (profile.points.items() if profile else [])}
+            anchors, simplified = find_anchors(lines, prof_pts.get("Prn"), px_mm, prof_pts.get("Pog_soft"))
+            if "Prn" in prof_pts:
+                anchors["Prn"] = prof_pts["Prn"]
+            if failed is None and len(anchors) <= 1:
+                failed = ("0D", "no anchor could be placed on the traced contours")
+        points = np.full((25, 2), np.nan)
+        with t.phase("0E"):
+            mlp_points: dict[str, np.ndarray] = {}
+            if failed is None:
+                mlp = self.sessions.run(contract.PHASE0E.key, anchor_vector(anchors))
+                if not np.isfinite(mlp).all():
+                    failed = ("0E", "anchor MLP returned non-finite values")
+                else:
+                    mlp_points = derived_points(mlp)
+                    for n, p in mlp_points.items():
+                        points[INDEX[n]] = p
+                    for n, p in anchors.items():
+                        points[INDEX[n]] = p
+                    for n in PROFILE_OVERWRITES:
+                        if n in prof_pts:
+                            points[INDEX[n]] = prof_pts[n]
+            if failed is not None:
+                points[:] = np.nan          # zeroed attention: Stage 1 runs without priors
+        prep.prior_points = points
+        prep.rule_points = {"0B": prof_pts, "0D": anchors,
+                            "0E": {n: points[INDEX[n]] for n in CANONICAL_25 if np.isfinite(points[INDEX[n]]).all()}}
+        prep.diag = Stage0Diagnostics(
+            ok=failed is None,
+            failed_phase=failed[0] if failed else None,
+            reason=failed[1] if failed else None,
+            profile_pixels=profile.pixels if profile else int(mask.sum()),
+            anchors={n: self._to_original_tuple(prep, anchors.get(n)) for n in ("S", "N", "Me", "ANS", "Go", "Pog", "Prn")},
+            zone_boxes={k: tuple(int(v) for v in b) for k, b in boxes.items()},
+            contours={c: [tuple(p) for p in self._to_original(prep, simplified.get(c, p)).round(2).tolist()]
+                      for c, p in lines.items()},
+            profile=([tuple(p) for p in self._to_original(
+                prep, np.stack([profile.xs_smooth, profile.ys], 1)[::4]).round(2).tolist()] if profile else []),
+        )
+
+    def _stage1_input(self, preps: Sequence[_Prepared]) -> np.ndarray:
+        x = np.empty((len(preps), 28, WORK, WORK), np.float32)
+        for i, prep in enumerate(preps):
+            with prep.timer.phase("attention"):
+                if prep.canon_rgb is not None:
+                    x[i, :3] = prep.canon_rgb.transpose(2, 0, 1)
+                else:
+                    x[i, :3] = prep.canon_grey           # broadcast grey to R, G, B
+                attention_maps(prep.prior_points, out=x[i, 3:])
+        return x
+
+    def _to_original(self, prep: _Prepared, pts_work: np.ndarray) -> np.ndarray:
+        """(N, 2) canonical 512-grid points -> original image pixels."""
+        pts = np.asarray(pts_work, np.float64).reshape(-1, 2)
+        un = inverse_points(pts, WORK, WORK, *prep.pose)
+        return from_work(un, prep.work.width, prep.work.height)
+
+    def _to_original_tuple(self, prep: _Prepared, p) -> tuple[float, float] | None:
+        if p is None or not np.isfinite(p).all():
+            return None
+        q = self._to_original(prep, p)[0]
+        return (round(float(q[0]), 2), round(float(q[1]), 2))
+
+    def _rule_point(self, prep: _Prepared, name: str) -> tuple[np.ndarray | None, str]:
+        rule = self.pack.rules[name]
+        for phase in RULE_SOURCES:
+            if phase in rule:
+                p = prep.rule_points.get(phase, {}).get(name)
+                if p is not None:
+                    return p, rule
+        return None, rule
+
+    def _finish(self, prep: _Prepared, heat: np.ndarray) -> InferenceResult:
+        t = prep.timer
+        with t.phase("decode"):
+            xy_heat, peaks = decode_heatmaps(heat)
+        with t.phase("map_back"):
+            xy = self._to_original(prep, heat_to_work(xy_heat))
+            landmarks = []
+            for i, n in enumerate(CANONICAL_25):
+                note = self.pack.note_for(n)
+                if n in self.pack.rules:
+                    p, rule = self._rule_point(prep, n)
+                    if p is None:
+                        landmarks.append(Landmark(n, None, None, 0.0, "unavailable", False,
+                                                  f"rule '{rule}' found no position on this image"))
+                    else:
+                        q = self._to_original(prep, p)[0]
+                        landmarks.append(Landmark(n, float(q[0]), float(q[1]), 0.0, "low", False, note))
+                elif n not in self.pack.predicted:
+                    landmarks.append(Landmark(n, None, None, 0.0, "unavailable", False, note))
+                else:
+                    c = float(np.clip(peaks[i], 0.0, 1.0))
+                    landmarks.append(Landmark(n, float(xy[i, 0]), float(xy[i, 1]), c, confidence_level(c), True, note))
+        diag = prep.diag
+        degraded = not diag.ok
+        if degraded:
+            log.warning("stage0_failed", image=prep.name, phase=diag.failed_phase, reason=diag.reason)
+        total = sum(t.ms.values())
+        timings = {k: round(v, 3) for k, v in t.ms.items()}
+        timings["total"] = round(total, 3)
+        return InferenceResult(
+            image_name=prep.name, width=prep.work.width, height=prep.work.height, landmarks=landmarks,
+            stage0=diag, orientation=prep.orientation, degraded=degraded, timings_ms=timings,
+            providers=dict(self.providers), pack_name=self.pack.name, pack_version=self.pack.version,
+            pixel_spacing_mm=prep.pixel_spacing_mm,
+        )

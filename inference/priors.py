@@ -1,0 +1,70 @@
+"""Phase 0E: anchor vector for the MLP, and the 25 Gaussian attention maps.
+
+A Gaussian is separable, and bilinear upsampling is separable and linear, so the 512 x 512
+map of each landmark is the outer product of two upsampled 1-D Gaussians. That builds all 25
+channels in one vectorised step, straight into the Stage 1 input buffer, with no 256-grid
+image and no per-landmark Python loop over pixels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from inference.geometry import HEAT, WORK, rescale
+from inference.landmarks import ANCHOR_ORDER, CANONICAL_25, DERIVED_ORDER, PRIOR_SIGMA_256
+
+SIGMAS_256 = np.array([PRIOR_SIGMA_256[n] for n in CANONICAL_25], dtype=np.float64)
+
+# Bilinear 256 -> 512 upsampling of one axis as a (512, 256) matrix (half-pixel centres,
+# edge clamped: what cv2.resize INTER_LINEAR does).
+def _upsample_matrix(n_from: int = HEAT, n_to: int = WORK) -> np.ndarray:
+    src = np.clip(rescale(np.arange(n_to), n_to, n_from), 0, n_from - 1)
+    i0 = np.floor(src).astype(int)
+    i1 = np.minimum(i0 + 1, n_from - 1)
+    w1 = src - i0
+    m = np.zeros((n_to, n_from))
+    m[np.arange(n_to), i0] += 1 - w1
+    m[np.arange(n_to), i1] += w1
+    return m
+
+
+UPSAMPLE = _upsample_matrix()
+
+
+def anchor_vector(anchors_work: dict[str, np.ndarray]) -> np.ndarray:
+    """(1, 14) float32: anchors as (x/W, y/H) on the 512 grid in ANCHOR_ORDER; (0.5, 0.5) if missing."""
+    v = np.full((1, 14), 0.5, np.float32)
+    for i, name in enumerate(ANCHOR_ORDER):
+        p = anchors_work.get(name)
+        if p is not None:
+            v[0, 2 * i] = p[0] / WORK
+            v[0, 2 * i + 1] = p[1] / WORK
+    return v
+
+
+def derived_points(mlp_out: np.ndarray) -> dict[str, np.ndarray]:
+    """(1, 36) MLP output -> {name: (x, y) on the 512 grid}."""
+    o = np.asarray(mlp_out, np.float64).reshape(-1)
+    return {n: np.array([o[2 * i] * WORK, o[2 * i + 1] * WORK]) for i, n in enumerate(DERIVED_ORDER)}
+
+
+def gaussians_1d(centres_256: np.ndarray, sigmas: np.ndarray, n: int = HEAT) -> np.ndarray:
+    """(K,) centres and sigmas -> (K, n) 1-D Gaussians with peak 1 at the centre."""
+    g = np.arange(n, dtype=np.float64)[None, :]
+    return np.exp(-0.5 * ((g - centres_256[:, None]) / sigmas[:, None]) ** 2)
+
+
+def attention_maps(points_work: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(25, 2) points on the 512 grid (NaN = no position) -> (25, 512, 512) float32 maps.
+
+    Each map is the Gaussian drawn on the 256 grid with the landmark's sigma, upsampled
+    bilinearly to 512; a landmark without a position gets an all-zero channel."""
+    pts = np.asarray(points_work, np.float64)
+    if out is None:
+        out = np.empty((len(pts), WORK, WORK), np.float32)
+    have = np.isfinite(pts).all(axis=1)
+    c256 = rescale(np.where(have[:, None], pts, 0.0), WORK, HEAT)
+    gx = gaussians_1d(c256[:, 0], SIGMAS_256) @ UPSAMPLE.T        # (25, 512)
+    gy = gaussians_1d(c256[:, 1], SIGMAS_256) @ UPSAMPLE.T
+    gx[~have] = 0.0
+    np.multiply(gy.astype(np.float32)[:, :, None], gx.astype(np.float32)[:, None, :], out=out)
+    return out
