@@ -126,8 +126,7 @@ class JobStore:
         self.path = Path(db_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._tx() as db:
-            db.executescript(SCHEMA)
+        self._conn().executescript(SCHEMA)  # executescript manages its own transaction
 
     # ---- connections ------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

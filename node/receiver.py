@@ -120,6 +120,7 @@ class Receiver:
             log.warning("association_rejected", calling_ae=calling, peer_host=host, reason=reason)
             # 1 = rejected permanent, 1 = service user, 3 = calling AE title not recognised
             assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ, as pynetdicom's own rejections do
 
     def _refusal(self, calling: str, host: str) -> str | None:
         if not self._allowed:

@@ -143,3 +143,57 @@ def _to_bytes(ds: Dataset) -> bytes:
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+# ---- lateral cephs in the encodings a real modality or PACS sends -------------------------
+CEPH_VARIANTS = ("plain", "monochrome1", "window16", "jpeg2000", "mirrored", "rotated", "jpegls", "rle")
+
+
+def ceph_variant(pixels: np.ndarray, variant: str, *, pixel_spacing_mm: tuple[float, float] = (0.2, 0.2),
+                 **kw) -> Dataset:
+    """A lateral ceph DX built from an ISBI image (faces right), encoded as `variant`:
+
+    plain        8-bit MONOCHROME2, Explicit VR Little Endian
+    monochrome1  12-bit MONOCHROME1 (inverted stored values)
+    window16     16-bit stored, a VOI window narrower than the stored range
+    jpeg2000     12-bit, JPEG 2000 lossless
+    jpegls       12-bit, JPEG-LS lossless
+    rle          16-bit, RLE lossless
+    mirrored     the image mirrored left-right (face left), Patient Orientation P\\F
+    rotated      the image turned 90 degrees counter-clockwise, Patient Orientation H\\P
+    """
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+    img = np.asarray(pixels)
+    if variant == "plain":
+        return make_dx(img, pixel_spacing_mm=pixel_spacing_mm, **kw)
+    if variant == "monochrome1":
+        return make_dx(img, bits=12, monochrome1=True, pixel_spacing_mm=pixel_spacing_mm, **kw)
+    if variant == "window16":
+        # stored values span 0..65535; the window shows the middle 80 % (clipping the extremes)
+        return make_dx(img, bits=16, window=(32768, 52428), pixel_spacing_mm=pixel_spacing_mm, **kw)
+    if variant == "jpeg2000":
+        return compress(make_dx(img, bits=12, pixel_spacing_mm=pixel_spacing_mm, **kw), JPEG2000Lossless)
+    if variant == "jpegls":
+        return compress(make_dx(img, bits=12, pixel_spacing_mm=pixel_spacing_mm, **kw), JPEGLSLossless)
+    if variant == "rle":
+        return compress(make_dx(img, bits=16, pixel_spacing_mm=pixel_spacing_mm, **kw), RLELossless)
+    if variant == "mirrored":
+        return make_dx(np.ascontiguousarray(img[:, ::-1]), patient_orientation=("P", "F"),
+                       pixel_spacing_mm=pixel_spacing_mm, **kw)
+    if variant == "rotated":
+        rotated = np.ascontiguousarray(np.rot90(img, 1))
+        sp = (pixel_spacing_mm[1], pixel_spacing_mm[0])
+        return make_dx(rotated, patient_orientation=("H", "P"), pixel_spacing_mm=sp, **kw)
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(CEPH_VARIANTS)}")
+
+
+def isbi_image(case_id: str = "151", *, scale: float = 1.0) -> np.ndarray:
+    """An ISBI test image (8-bit grey), optionally downscaled (area interpolation)."""
+    from training.isbi import data_dir
+
+    img = read_grey(data_dir() / "images" / f"{case_id}.jpg")
+    if scale != 1.0:
+        h, w = img.shape
+        img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return img

@@ -1,0 +1,82 @@
+"""dcmtk command-line tools as the modality (storescu, echoscu) and as a plain archive (storescp).
+
+Only thin wrappers: the tools themselves talk DICOM over real loopback sockets.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tests.support.orthanc import free_port
+
+
+def storescu(files: Sequence[str | Path], port: int, *, called_ae: str, calling_ae: str = "MODALITY",
+             host: str = "127.0.0.1", extra: Sequence[str] = (), timeout: float = 300) -> subprocess.CompletedProcess:
+    """Send files in one association. Does not raise: check .returncode / .stderr.
+    `-nh` (no halt) makes storescu go on after a refused instance, like a real modality batch."""
+    cmd = ["storescu", "-nh", "-aet", calling_ae, "-aec", called_ae, *extra, host, str(port), *map(str, files)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def echoscu(port: int, *, called_ae: str, calling_ae: str = "MODALITY", host: str = "127.0.0.1",
+            timeout: float = 60) -> subprocess.CompletedProcess:
+    cmd = ["echoscu", "-aet", calling_ae, "-aec", called_ae, host, str(port)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class StoreSCP:
+    """dcmtk storescp writing every received object into `folder`."""
+    folder: Path
+    port: int
+    ae_title: str
+    process: subprocess.Popen
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+    def wait_for_files(self, count: int, timeout: float = 120) -> list[Path]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.files()
+            if len(got) >= count:
+                return got
+            time.sleep(0.1)
+        raise TimeoutError(f"storescp holds {len(self.files())} files, wanted {count}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def __enter__(self) -> "StoreSCP":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_storescp(folder: str | Path, *, ae_title: str = "STORESCP", port: int | None = None) -> StoreSCP:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    # +B: write directly (no temporary file names appear in the folder); -uf: SOP-UID file names
+    proc = subprocess.Popen(["storescp", "-aet", ae_title, "+B", "-uf", "-od", str(folder), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    scp = StoreSCP(folder, port, ae_title, proc)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # ready when it answers C-ECHO
+        if proc.poll() is not None:
+            raise RuntimeError(f"storescp exited: {proc.stderr.read().decode(errors='replace')}")
+        if echoscu(port, called_ae=ae_title).returncode == 0:
+            return scp
+        time.sleep(0.1)
+    scp.stop()
+    raise TimeoutError("storescp did not answer C-ECHO")
