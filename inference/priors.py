@@ -14,20 +14,21 @@ from inference.landmarks import ANCHOR_ORDER, CANONICAL_25, DERIVED_ORDER, PRIOR
 
 SIGMAS_256 = np.array([PRIOR_SIGMA_256[n] for n in CANONICAL_25], dtype=np.float64)
 
-# Bilinear 256 -> 512 upsampling of one axis as a (512, 256) matrix (half-pixel centres,
-# edge clamped: what cv2.resize INTER_LINEAR does).
-def _upsample_matrix(n_from: int = HEAT, n_to: int = WORK) -> np.ndarray:
+# Bilinear 256 -> 512 upsampling of one axis (half-pixel centres, edge clamped: what
+# cv2.resize INTER_LINEAR does): every 512 sample mixes two 256 samples.
+def _upsample_taps(n_from: int = HEAT, n_to: int = WORK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     src = np.clip(rescale(np.arange(n_to), n_to, n_from), 0, n_from - 1)
-    i0 = np.floor(src).astype(int)
+    i0 = np.floor(src).astype(np.intp)
     i1 = np.minimum(i0 + 1, n_from - 1)
-    w1 = src - i0
-    m = np.zeros((n_to, n_from))
-    m[np.arange(n_to), i0] += 1 - w1
-    m[np.arange(n_to), i1] += w1
-    return m
+    return i0, i1, (src - i0)
 
 
-UPSAMPLE = _upsample_matrix()
+_I0, _I1, _W1 = _upsample_taps()
+
+
+def upsample_1d(g: np.ndarray) -> np.ndarray:
+    """(K, 256) -> (K, 512) bilinear."""
+    return g[:, _I0] * (1.0 - _W1) + g[:, _I1] * _W1
 
 
 def anchor_vector(anchors_work: dict[str, np.ndarray]) -> np.ndarray:
@@ -63,8 +64,12 @@ def attention_maps(points_work: np.ndarray, out: np.ndarray | None = None) -> np
         out = np.empty((len(pts), WORK, WORK), np.float32)
     have = np.isfinite(pts).all(axis=1)
     c256 = rescale(np.where(have[:, None], pts, 0.0), WORK, HEAT)
-    gx = gaussians_1d(c256[:, 0], SIGMAS_256) @ UPSAMPLE.T        # (25, 512)
-    gy = gaussians_1d(c256[:, 1], SIGMAS_256) @ UPSAMPLE.T
+    gx = upsample_1d(gaussians_1d(c256[:, 0], SIGMAS_256))        # (25, 512)
+    gy = upsample_1d(gaussians_1d(c256[:, 1], SIGMAS_256))
     gx[~have] = 0.0
-    np.multiply(gy.astype(np.float32)[:, :, None], gx.astype(np.float32)[:, None, :], out=out)
+    # Flush the far tails to zero: products of two tiny float32 values are denormals, which
+    # make both this multiply and Stage 1's first convolution many times slower on x86.
+    gx[gx < 1e-6] = 0.0
+    gy[gy < 1e-6] = 0.0
+    np.einsum("ki,kj->kij", gy.astype(np.float32), gx.astype(np.float32), out=out)
     return out

@@ -56,12 +56,15 @@ def gaussian_smooth_1d(v: np.ndarray, sigma: float) -> np.ndarray:
     return np.convolve(padded, k, mode="valid")
 
 
-def largest_component(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+def largest_component(mask: np.ndarray) -> tuple[np.ndarray, int, tuple[int, int, int, int], tuple[float, float]]:
+    """(component mask, area, bbox x_min, y_min, x_max, y_max, centroid (x, y))."""
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
-        return np.zeros_like(mask, dtype=bool), 0
+        return np.zeros_like(mask, dtype=bool), 0, (0, 0, 0, 0), (0.0, 0.0)
     best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == best, int(stats[best, cv2.CC_STAT_AREA])
+    x, y, w, h, area = (int(v) for v in stats[best])
+    cx, cy = centroids[best]
+    return labels == best, area, (x, y, x + w - 1, y + h - 1), (float(cx), float(cy))
 
 
 def anterior_profile(component: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +90,10 @@ def _argext(values: np.ndarray, sel: np.ndarray, largest: bool) -> int | None:
     return int(idx[np.argmax(v) if largest else np.argmin(v)])
 
 
-def profile_points(ys: np.ndarray, xs: np.ndarray) -> dict[str, tuple[float, float]]:
-    """Prn, Sn, UL, LL, Pog_soft, Pm read off a smoothed anterior profile by normalised height."""
+def profile_points(ys: np.ndarray, xs: np.ndarray, xs_raw: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+    """Prn, Sn, UL, LL, Pog_soft, Pm: rows chosen on the smoothed profile xs by normalised
+    height; x taken from the unsmoothed profile xs_raw at that row (smoothing flattens a
+    nose tip by several pixels), or from xs when no raw profile is given."""
     n = len(ys)
     yn = (ys - ys[0]) / max(1.0, float(ys[-1] - ys[0]))
     pts: dict[str, int] = {}
@@ -121,12 +126,13 @@ def profile_points(ys: np.ndarray, xs: np.ndarray) -> dict[str, tuple[float, flo
         changes = a + np.flatnonzero(s[:-1] * s[1:] < 0)
         mid = 0.5 * (a + b)
         pts["Pm"] = int(changes[np.argmin(np.abs(changes - mid))]) if changes.size else int(round(mid))
-    return {k: (float(xs[i]), float(ys[i])) for k, i in pts.items()}
+    xr = xs if xs_raw is None else xs_raw
+    return {k: (float(xr[i]), float(ys[i])) for k, i in pts.items()}
 
 
 def analyse_profile(mask: np.ndarray) -> Profile:
     """0B: from the 0A mask to the profile, its soft-tissue points, bbox and centroid."""
-    comp, area = largest_component(mask)
+    comp, area, bbox, centroid = largest_component(mask)
     if area < MIN_PROFILE_PIXELS:
         raise StageFailure("0A", f"profile mask has {area} foreground pixels in its largest component (< {MIN_PROFILE_PIXELS})")
     ys, xs = anterior_profile(comp)
@@ -134,12 +140,10 @@ def analyse_profile(mask: np.ndarray) -> Profile:
         raise StageFailure("0B", f"profile spans only {len(ys)} rows")
     sigma = max(3.0, 0.015 * len(ys))
     xs_s = gaussian_smooth_1d(xs, sigma)
-    pts = profile_points(ys.astype(np.float64), xs_s)
+    pts = profile_points(ys.astype(np.float64), xs_s, xs)
     if "Prn" not in pts:
         raise StageFailure("0B", "no nose tip (Prn) on the profile")
-    yy, xx = np.nonzero(comp)
-    bbox = (int(xx.min()), int(yy.min()), int(xx.max()), int(yy.max()))
-    return Profile(ys.astype(np.float64), xs, xs_s, pts, bbox, (float(xx.mean()), float(yy.mean())), area)
+    return Profile(ys.astype(np.float64), xs, xs_s, pts, bbox, centroid, area)
 
 
 def _clamp_box(box, size: int = WORK) -> tuple[int, int, int, int]:
