@@ -1,0 +1,163 @@
+"""The whole pipeline on real radiographs with stand-in packs: inputs, degradation, rules,
+batching and threads."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from inference.landmarks import CANONICAL_25
+from inference.pack import write_manifest
+from inference.pipeline import Pipeline
+from inference.result import InferenceResult
+from tests.support.dicomgen import make_dx
+from tests.support.standin import build_standin_pack
+from training import isbi
+
+
+@pytest.fixture(scope="module")
+def pack_dir(tmp_path_factory):
+    return build_standin_pack(tmp_path_factory.mktemp("pack"), kind="small")
+
+
+@pytest.fixture(scope="module")
+def pipe(pack_dir):
+    return Pipeline.load(pack_dir, threads=1)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return isbi.load_cases("train")[0]
+
+
+@pytest.fixture(scope="module")
+def grey(case):
+    return cv2.imread(str(case.image_path), cv2.IMREAD_GRAYSCALE)
+
+
+def _xy(result):
+    return np.array([[lm.x, lm.y] for lm in result.landmarks], dtype=float)
+
+
+def test_full_run_on_a_real_radiograph(pipe, grey):
+    r = pipe.run(grey, pixel_spacing_mm=(0.2, 0.2), name="001")
+    assert [lm.name for lm in r.landmarks] == list(CANONICAL_25)
+    assert not r.degraded and r.stage0.ok and r.stage0.failed_phase is None
+    assert (r.width, r.height) == (968, 1200)
+    xy = _xy(r)
+    assert np.isfinite(xy).all() and (xy[:, 0] >= -1).all() and (xy[:, 0] <= 968).all()
+    # the small stand-in Stage 1 echoes its priors: every channel has a clear peak
+    assert all(lm.level == "high" and lm.predicted for lm in r.landmarks)
+    for phase in ("prepare", "orient", "0A", "0B", "0C", "0D", "0E", "attention", "stage1", "decode", "total"):
+        assert phase in r.timings_ms
+    assert r.providers["stage1"][-1] == "CPUExecutionProvider"
+    assert set(r.stage0.contours) >= {"cranial_base", "mandibular_border"}
+    # the prior of an anchor and the Stage 1 output agree (Stage 1 echoes the maps)
+    s = r.landmark("S")
+    assert np.hypot(s.x - r.stage0.anchors["S"][0], s.y - r.stage0.anchors["S"][1]) < 3.0
+    back = InferenceResult.from_dict(json.loads(r.to_json()))
+    assert back == r
+
+
+def test_uint16_float_rgb_and_files_give_the_same_tracing(pipe, grey, tmp_path):
+    ref = _xy(pipe.run(grey))
+    variants = {
+        "uint16": grey.astype(np.uint16) * 257,
+        "float": grey.astype(np.float32) / 255.0,
+        "rgb": np.repeat(grey[:, :, None], 3, axis=2),
+    }
+    cv2.imwrite(str(tmp_path / "a.png"), grey.astype(np.uint16) * 257)      # 16-bit PNG
+    cv2.imwrite(str(tmp_path / "a.tif"), grey)
+    cv2.imwrite(str(tmp_path / "a.bmp"), grey)
+    # 16-bit data gets a robust percentile stretch (not /255), so its contours differ slightly
+    tolerance = {"uint16": 3.0, "float": 1.0, "rgb": 1.0}
+    for name, arr in variants.items():
+        got = _xy(pipe.run(arr))
+        assert np.abs(got - ref).max() < tolerance[name], name
+    for f in ("a.png", "a.tif", "a.bmp"):
+        r = pipe.run_file(tmp_path / f)
+        assert r.image_name == f and "read_file" in r.timings_ms
+        assert np.abs(_xy(r) - ref).max() < (3.0 if f == "a.png" else 1.0), f
+
+
+def test_dicom_file_uses_its_spacing_and_orientation(pipe, grey, tmp_path):
+    ds = make_dx(grey, pixel_spacing_mm=(0.2, 0.2), bits=12, patient_orientation=("A", "F"))
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    r = pipe.run_file(path)
+    assert r.pixel_spacing_mm == (0.2, 0.2)
+    assert r.orientation.source == "dicom" and r.orientation.flipped
+    ref = _xy(pipe.run(grey))
+    assert np.abs(_xy(r) - ref).max() < 2.0
+
+
+def test_blank_image_degrades_but_stage1_still_runs(pipe):
+    r = pipe.run(np.zeros((600, 500), np.uint8), name="blank")
+    assert r.degraded and not r.stage0.ok
+    assert r.stage0.failed_phase == "0A" and "foreground pixels" in r.stage0.reason
+    assert "stage1" in r.timings_ms
+    # zeroed priors -> the echo Stage 1 has nothing: every landmark is low confidence, but present
+    assert all(lm.level == "low" and lm.x is not None for lm in r.landmarks)
+    # 0C ran on the fallback boxes
+    assert r.stage0.zone_boxes["z2"] == (0, 0, 384, 307)
+
+
+def test_landmarks_the_pack_does_not_predict_are_marked(pack_dir, tmp_path, grey):
+    root = tmp_path / "rules"
+    shutil.copytree(pack_dir, root)
+    predicted = [n for n in CANONICAL_25 if n not in ("Co", "Ba", "Prn")]
+    write_manifest(root, name="ours", version="1", predicted=predicted,
+                   rules={"Prn": "Phase 0B profile geometry"}, provenance={}, accuracy={})
+    p = Pipeline.load(root, threads=1)
+    r = p.run(grey)
+    co = r.landmark("Co")
+    assert co.x is None and co.y is None and co.level == "unavailable" and not co.predicted
+    prn = r.landmark("Prn")
+    assert not prn.predicted and "Phase 0B" in prn.note
+    assert (prn.x, prn.y) == pytest.approx(r.stage0.anchors["Prn"], abs=0.01)
+    assert r.landmark("S").predicted
+
+
+def test_batch_with_dynamic_stage1_matches_single_runs(tmp_path, grey):
+    root = build_standin_pack(tmp_path / "dyn", kind="small", dynamic_batch=True)
+    p = Pipeline.load(root, threads=1)
+    imgs = [grey, grey[:, ::-1].copy(), np.rot90(grey).copy()]
+    batch = p.run_batch([{"image": im, "name": f"i{i}"} for i, im in enumerate(imgs)])
+    assert [r.image_name for r in batch] == ["i0", "i1", "i2"]
+    for im, r in zip(imgs, batch):
+        assert np.abs(_xy(r) - _xy(p.run(im))).max() < 1e-3
+
+
+def test_batch_with_fixed_stage1_runs_one_by_one(pipe, grey):
+    out = pipe.run_batch([{"image": grey, "pixel_spacing_mm": (0.1, 0.1)}, {"image": grey[::2, ::2].copy()}])
+    assert len(out) == 2 and out[0].pixel_spacing_mm == (0.1, 0.1) and out[1].width == 484
+
+
+def test_concurrent_runs_are_independent(pipe):
+    cases = isbi.load_cases("train")[1:4]
+    imgs = [cv2.imread(str(c.image_path), cv2.IMREAD_GRAYSCALE) for c in cases]
+    seq = [_xy(pipe.run(im)) for im in imgs]
+    got: dict[int, np.ndarray] = {}
+
+    def work(i):
+        got[i] = _xy(pipe.run(imgs[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(3):
+        assert np.abs(got[i] - seq[i]).max() < 1e-6
+
+
+def test_two_channel_profile_output_is_accepted(tmp_path, grey, pipe):
+    root = build_standin_pack(tmp_path / "two", kind="small", profile_two_channel=True)
+    p = Pipeline.load(root, threads=1)
+    r = p.run(grey)
+    assert not r.degraded
+    assert r.stage0.profile_pixels == pipe.run(grey).stage0.profile_pixels
