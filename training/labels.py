@@ -62,9 +62,10 @@ def derive_profile_mask(img512: np.ndarray, lm512: np.ndarray) -> np.ndarray:
     eq = cv2.createCLAHE(clipLimit=4.0, tileGridSize=(8, 8)).apply(s.astype(np.uint8)).astype(np.float32)
     gx = cv2.Sobel(cv2.GaussianBlur(eq, (0, 0), 1.0), cv2.CV_32F, 1, 0, ksize=5)
     edge = np.maximum(gx[rows], 0.0)
-    edge = edge / (np.percentile(edge, 99.5) + 1e-6)
+    # saturate early: the faint skin edge must count as much as a bone edge behind it
+    edge = edge / (np.percentile(edge, 92) + 1e-6)
     # Small pull toward the front: of two edges, the skin is the anterior one (bone lies behind).
-    cost = -np.minimum(edge, 1.0) + 0.002 * np.arange(512)[None, :]
+    cost = -np.minimum(edge, 1.0) + 0.003 * np.arange(512)[None, :]
     ky = np.array([p["N"][1], p["Sn"][1], p["UL"][1], p["LL"][1], p["Pog_soft"][1], p["Me"][1] + 15])
     kx = np.array([p["N"][0] - 10, p["Sn"][0], p["UL"][0], p["LL"][0], p["Pog_soft"][0], p["Me"][0] - 5])
     ref = np.interp(rows, ky, kx)
@@ -88,3 +89,22 @@ def derive_profile_mask(img512: np.ndarray, lm512: np.ndarray) -> np.ndarray:
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     mask = cv2.morphologyEx(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k), cv2.MORPH_OPEN, k)
     return mask
+
+
+def profile_prn(mask: np.ndarray) -> np.ndarray | None:
+    """Phase 0B's Prn read off a profile mask (canonical frame): most anterior point of the
+    smoothed anterior profile with normalised height < 0.35. None if the mask is empty."""
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n < 2:
+        return None
+    big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    comp = lab == big
+    rows = np.nonzero(comp.any(1))[0]
+    front = comp[rows].argmax(1).astype(np.float64)  # first foreground column = the face side
+    h = rows[-1] - rows[0] + 1
+    sigma = max(3.0, 0.015 * h)
+    front = cv2.GaussianBlur(front.reshape(-1, 1), (1, 0), sigmaX=0, sigmaY=sigma).ravel() if len(front) > 1 else front
+    yn = (rows - rows[0]) / max(1, h - 1)
+    sel = yn < 0.35
+    k = int(np.argmin(np.where(sel, front, np.inf)))
+    return np.array([front[k], float(rows[k])])
