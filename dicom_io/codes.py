@@ -1,0 +1,178 @@
+"""Coded concepts used in the objects cephnode writes.
+
+DICOM has no cephalometric template and no standard codes for most landmarks and
+measurements, so we use a private coding scheme whose designator starts with "99" (declared in
+every object's Coding Scheme Identification Sequence), and standard codes where they exist:
+SCT sella turcica, FMA nasion, DCM/SCT generic concepts, UCUM units. Code values are an explicit
+table, not derived from Python names, because archived reports refer to them forever.
+"""
+from __future__ import annotations
+
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from inference.landmarks import CANONICAL_25, FULL_NAMES
+
+SCHEME = "99CEPHNODE"
+SCHEME_NAME = "cephnode private cephalometric codes"
+SCHEME_VERSION = "1"
+SCHEME_RESPONSIBLE = "cephnode project"
+
+
+def private(value: str, meaning: str) -> Code:
+    if len(value) > 16:
+        raise ValueError(f"code value {value!r} is longer than SH allows")
+    if len(meaning) > 64:
+        raise ValueError(f"code meaning {meaning!r} is longer than LO allows")
+    return Code(value, SCHEME, meaning, SCHEME_VERSION)
+
+
+def coding_scheme_identification() -> list[CodingSchemeIdentificationItem]:
+    """Items of the Coding Scheme Identification Sequence (0008,0110) declaring the private scheme."""
+    return [CodingSchemeIdentificationItem(
+        designator=SCHEME, name=SCHEME_NAME, version=SCHEME_VERSION, responsible_organization=SCHEME_RESPONSIBLE,
+    )]
+
+
+# --- units (UCUM) --------------------------------------------------------------------------
+UNITS: dict[str, Code] = {
+    "deg": Code("deg", "UCUM", "degree"),
+    "mm": Code("mm", "UCUM", "millimeter"),
+    "%": Code("%", "UCUM", "percent"),
+    "1": Code("1", "UCUM", "no units"),
+}
+
+# --- landmarks -----------------------------------------------------------------------------
+_STANDARD_LANDMARKS = {
+    "S": Code("42575006", "SCT", "Sella turcica"),
+    "N": Code("264779", "FMA", "Nasion"),
+}
+# Code meanings are at most 64 characters (LO).
+_SHORT_MEANINGS = {"Pm": "Pm (unvalidated; chin-lip inflection in published code)"}
+LANDMARKS: dict[str, Code] = {
+    n: _STANDARD_LANDMARKS.get(n)
+    or private("LM-" + n.upper().replace("_", "-"), _SHORT_MEANINGS.get(n, FULL_NAMES[n]))
+    for n in CANONICAL_25
+}
+LANDMARK_BY_CODE: dict[tuple[str, str], str] = {(c.scheme_designator, c.value): n for n, c in LANDMARKS.items()}
+
+CEPHALOMETRIC_LANDMARK = private("CEPH-LANDMARK", "Cephalometric landmark")
+LANDMARK_CONFIDENCE = private("LM-CONFIDENCE", "Landmark detection confidence")
+LANDMARK_CONFIDENCE_LEVEL = private("LM-CONF-LEVEL", "Landmark confidence level")
+CONFIDENCE_LEVELS: dict[str, Code] = {
+    "high": private("CONF-HIGH", "High confidence (heatmap peak > 0.5)"),
+    "medium": private("CONF-MEDIUM", "Medium confidence (heatmap peak > 0.2)"),
+    "low": private("CONF-LOW", "Low confidence (heatmap peak <= 0.2)"),
+    "unavailable": private("CONF-NONE", "Not available"),
+}
+LANDMARK_SOURCE = private("LM-SOURCE", "Landmark source")
+LANDMARK_SOURCES: dict[str, Code] = {
+    "model": private("SRC-MODEL", "Predicted by the model pack"),
+    "rule": private("SRC-RULE", "Placed by a stated rule, not a validated prediction"),
+    "unavailable": private("SRC-UNAVAILABLE", "Not available from this model pack"),
+}
+
+# --- measurements ---------------------------------------------------------------------------
+# TID 1500 "Procedure reported" is drawn from CID 100, which has no cephalometric procedure.
+PROCEDURE = codes.SCT.ImagingProcedure
+ANALYSES: dict[str, Code] = {
+    "Steiner": private("AN-STEINER", "Steiner analysis"),
+    "Downs": private("AN-DOWNS", "Downs analysis"),
+    "Tweed": private("AN-TWEED", "Tweed analysis"),
+    "McNamara": private("AN-MCNAMARA", "McNamara analysis"),
+    "Ricketts": private("AN-RICKETTS", "Ricketts analysis"),
+    "Bjork-Jarabak": private("AN-BJORK", "Bjork-Jarabak analysis"),
+    "Burstone": private("AN-BURSTONE", "Burstone analysis"),
+    "Holdaway": private("AN-HOLDAWAY", "Holdaway analysis"),
+    "Vertical pattern": private("AN-VERTICAL", "Vertical growth pattern"),
+}
+# Measurement key -> code value. The meaning is the measurement's display name (OHIF labels the
+# drawing with it), filled in by measurement_code().
+_MEASUREMENT_VALUES = {
+    "steiner.sna": "M-SNA", "steiner.snb": "M-SNB", "steiner.anb": "M-ANB",
+    "steiner.sn_gogn": "M-SN-GOGN", "steiner.u1_na_deg": "M-U1-NA-DEG", "steiner.u1_na_mm": "M-U1-NA-MM",
+    "steiner.l1_nb_deg": "M-L1-NB-DEG", "steiner.l1_nb_mm": "M-L1-NB-MM", "steiner.interincisal": "M-INTERINCISAL",
+    "steiner.u1_sn": "M-U1-SN", "downs.facial_angle": "M-FACIAL-ANGLE", "downs.convexity": "M-CONVEXITY-DEG",
+    "downs.ab_plane": "M-AB-PLANE", "downs.y_axis": "M-Y-AXIS", "tweed.fma": "M-FMA", "tweed.impa": "M-IMPA",
+    "tweed.fmia": "M-FMIA", "mcnamara.a_nperp": "M-A-NPERP", "mcnamara.pog_nperp": "M-POG-NPERP",
+    "mcnamara.co_a": "M-CO-A", "mcnamara.co_gn": "M-CO-GN", "mcnamara.co_difference": "M-CO-DIFF",
+    "mcnamara.lafh": "M-LAFH", "ricketts.facial_depth": "M-FACIAL-DEPTH", "ricketts.convexity": "M-CONVEXITY-MM",
+    "ricketts.l1_apog": "M-L1-APOG", "ricketts.cranial_deflection": "M-CRANIAL-DEFL",
+    "ricketts.ll_eline": "M-LL-ELINE", "bjork.saddle": "M-SADDLE", "bjork.articular": "M-ARTICULAR",
+    "bjork.gonial": "M-GONIAL", "bjork.sum": "M-BJORK-SUM", "bjork.jarabak_ratio": "M-JARABAK",
+    "burstone.ul_snpog": "M-UL-SNPOG", "burstone.ll_snpog": "M-LL-SNPOG", "holdaway.h_angle": "M-H-ANGLE",
+    "holdaway.chin_thickness": "M-CHIN-THICK", "vertical.sn_mp": "M-SN-MP",
+}
+MEASUREMENT_KEY_BY_VALUE = {v: k for k, v in _MEASUREMENT_VALUES.items()}
+
+# Generic kinds, standard codes (used as the finding type of each measurement group).
+KINDS: dict[str, Code] = {
+    "angle": Code("110859", "DCM", "Angle"),
+    "distance": Code("121206", "DCM", "Distance"),
+    "ratio": Code("118586006", "SCT", "Ratio"),
+}
+
+
+def measurement_code(key: str, name: str) -> Code:
+    return private(_MEASUREMENT_VALUES[key], name)
+
+
+# Where a value lies against its norm (CID 222 values).
+NORMALITY_CONCEPT = codes.DCM.Normality
+NORMALITY: dict[str, Code] = {
+    "within": codes.SCT.Normal,
+    "above": codes.SCT.AbnormallyHigh,
+    "below": codes.SCT.AbnormallyLow,
+}
+
+MEASUREMENT_STATUS = private("MEAS-STATUS", "Measurement status")
+NOT_COMPUTED_LANDMARK = private("NC-LANDMARK", "Not computed: a landmark it needs is unavailable")
+NOT_COMPUTED_SPACING = private("NC-SPACING", "Not computed: pixel spacing unknown, mm cannot be measured")
+CAVEAT = private("CAVEAT", "Measurement caveat")
+
+
+def caveat_code(flag: str) -> Code:
+    """A flag of cephalometry.analysis ('low-confidence:Pog', 'spacing-unknown', ...) as a code."""
+    kind, _, lm = flag.partition(":")
+    short = {"low-confidence": "LOWCONF", "rule-based": "RULE", "unavailable": "UNAVAIL"}
+    if kind in short and lm in LANDMARKS:
+        meaning = {"LOWCONF": "Low-confidence landmark used", "RULE": "Rule-placed landmark used",
+                   "UNAVAIL": "Landmark unavailable"}[short[kind]]
+        return private(f"{short[kind]}-{lm.upper().replace('_', '-')}", f"{meaning}: {lm}")
+    if kind == "spacing-unknown":
+        return private("SPACING-UNKNOWN", "Pixel spacing unknown")
+    if kind == "square-pixels-assumed":
+        return private("SQUARE-PX", "Square pixels assumed (pixel spacing unknown)")
+    raise ValueError(f"no code for flag {flag!r}")
+
+
+# --- classifications ------------------------------------------------------------------------
+CLASSIFICATION = private("CEPH-CLASSIFY", "Cephalometric classification")
+CLASSIFICATIONS: dict[str, Code] = {
+    "skeletal_class": private("CL-SKELETAL", "Skeletal class (ANB)"),
+    "vertical_fma": private("CL-VERT-FMA", "Vertical pattern (FMA)"),
+    "vertical_snmp": private("CL-VERT-SNMP", "Vertical pattern (SN-MP)"),
+    "vertical_jarabak": private("CL-VERT-JARABAK", "Vertical pattern (Jarabak ratio)"),
+}
+CATEGORIES: dict[str, Code] = {
+    "Class I": private("CL-CLASS-I", "Skeletal Class I"),
+    "Class II": private("CL-CLASS-II", "Skeletal Class II"),
+    "Class III": private("CL-CLASS-III", "Skeletal Class III"),
+    "hypodivergent": private("CL-HYPODIV", "Hypodivergent"),
+    "normodivergent": private("CL-NORMODIV", "Normodivergent"),
+    "hyperdivergent": private("CL-HYPERDIV", "Hyperdivergent"),
+    None: private("CL-UNDETERMINED", "Not determined"),
+}
+
+# --- traced structures (SEG segments, GSPS/SC drawings) --------------------------------------
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
+STRUCTURES: dict[str, Code] = {
+    "soft_tissue_profile": private("ST-PROFILE", "Soft-tissue profile"),
+    "cranial_base": private("ST-CRANIAL-BASE", "Anterior cranial base contour"),
+    "palatal_plane": private("ST-PALATAL", "Palatal plane contour"),
+    "mandibular_border": codes.SCT.Mandible,
+    "mandibular_symphysis": private("ST-SYMPHYSIS", "Mandibular symphysis contour"),
+    "upper_incisor_axis": codes.SCT.StructureOfMaxillaryIncisorTooth,
+    "lower_incisor_axis": codes.SCT.StructureOfMandibularIncisorTooth,
+}

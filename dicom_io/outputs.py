@@ -1,0 +1,79 @@
+"""Build the DICOM objects cephnode returns for one source image.
+
+Each kind joins the source's study in a series of its own; UIDs come from the source SOP
+Instance UID, the pack version and the kind, so a retry produces the very same instances.
+Which kinds are built is the caller's choice (the node configures it per destination).
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+import structlog
+from pydicom.dataset import Dataset
+
+from cephalometry.analysis import Analysis, analyse
+from dicom_io.uids import derived_uid
+from inference.result import InferenceResult
+
+log = structlog.get_logger(__name__)
+
+OUTPUT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc")
+
+# kind -> (module, builder function, series number). Builders are imported when first used, so
+# a destination that wants only the SR does not load the drawing code.
+_BUILDERS: dict[str, tuple[str, str, int]] = {
+    "sr": ("dicom_io.sr", "build_sr", 9001),
+    "seg": ("dicom_io.seg", "build_seg", 9002),
+    "gsps": ("dicom_io.gsps", "build_gsps", 9003),
+    "sc": ("dicom_io.tracing_sheet", "build_tracing_sheet", 9004),
+}
+assert tuple(_BUILDERS) == OUTPUT_KINDS
+
+
+def parse_kinds(kinds: str | Iterable[str]) -> tuple[str, ...]:
+    """'sr,seg' or ['sr', 'seg'] -> ('sr', 'seg') in OUTPUT_KINDS order; unknown kinds are an error."""
+    items = kinds.split(",") if isinstance(kinds, str) else list(kinds)
+    wanted = {k.strip().lower() for k in items if k.strip()}
+    unknown = wanted - set(OUTPUT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown output kind(s) {sorted(unknown)}; choose from {', '.join(OUTPUT_KINDS)}")
+    return tuple(k for k in OUTPUT_KINDS if k in wanted)
+
+
+def series_uid(source: Dataset, pack_version: str, kind: str) -> str:
+    return derived_uid(str(source.SOPInstanceUID), pack_version, f"series-{kind}")
+
+
+def instance_uid(source: Dataset, pack_version: str, kind: str) -> str:
+    return derived_uid(str(source.SOPInstanceUID), pack_version, kind)
+
+
+def build_outputs(
+    source: Dataset,
+    result: InferenceResult,
+    *,
+    kinds: str | Iterable[str] = OUTPUT_KINDS,
+    pack_name: str,
+    pack_version: str,
+    analysis: Analysis | None = None,
+) -> list[Dataset]:
+    """The objects of `kinds` for one source image, in OUTPUT_KINDS order."""
+    wanted = parse_kinds(kinds)
+    analysis = analysis if analysis is not None else analyse(result)
+    out = []
+    for kind in wanted:
+        module, func, number = _BUILDERS[kind]
+        build = getattr(importlib.import_module(module), func)
+        ds = build(
+            source, result, analysis, pack_name=pack_name, pack_version=pack_version,
+            series_uid=series_uid(source, pack_version, kind), sop_uid=instance_uid(source, pack_version, kind),
+            series_number=number,
+        )
+        out.append(ds)
+    log.info(
+        "outputs_built", kinds=list(wanted), study_uid=str(source.get("StudyInstanceUID", "")),
+        source_sop_uid=str(source.SOPInstanceUID), sop_uids=[str(d.SOPInstanceUID) for d in out],
+        measurements=len(analysis.computed), omitted=len(analysis.omitted), pack_version=pack_version,
+    )
+    return out
