@@ -41,17 +41,32 @@ PROFILE_OVERWRITES = ("UL", "LL", "Sn", "Pog_soft", "Pm")
 RULE_SOURCES = ("0B", "0D", "0E")     # a stated rule naming one of these phases can be evaluated
 
 
+NET_KEYS = {"profile": "net_0A", "z1": "net_0C", "z2": "net_0C", "z3": "net_0C", "z4": "net_0C",
+            "phase0e": "net_0E", "stage1": "net_stage1"}
+
+
 class _Timer:
+    """Wall time per phase. 'net_*' entries are the ONNX Runtime share inside a phase (so the
+    rest of the phase is our own code); they are parts of the phases, not added to the total."""
+
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
+        # CPU time of the calling thread: phases minus the networks' calling-thread share is
+        # exactly our own code's CPU cost, whatever else competes for the cores.
+        self.cpu_phases = 0.0
+        self.cpu_nets = 0.0
+
+    def add(self, name: str, ms: float) -> None:
+        self.ms[name] = self.ms.get(name, 0.0) + ms
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
             self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+            self.cpu_phases += (time.thread_time() - c0) * 1e3
 
 
 @dataclass
@@ -103,7 +118,7 @@ class Pipeline:
         self._stage0(prep)
         x = self._stage1_input([prep])
         with prep.timer.phase("stage1"):
-            heat = self.sessions.run(contract.STAGE1.key, x)
+            heat = self._net(prep, contract.STAGE1.key, x)
         return self._finish(prep, heat[0])
 
     def run_batch(self, items: Sequence[dict]) -> list[InferenceResult]:
@@ -128,13 +143,14 @@ class Pipeline:
                 share = (time.perf_counter() - t0) * 1e3 / len(chunk)
                 for i, prep in enumerate(chunk):
                     prep.timer.ms["stage1"] = share
+                    prep.timer.ms["net_stage1"] = share
                     results.append(self._finish(prep, heat[i]))
             return results
         out = []
         for prep in preps:
             x = self._stage1_input([prep])
             with prep.timer.phase("stage1"):
-                heat = self.sessions.run(contract.STAGE1.key, x)
+                heat = self._net(prep, contract.STAGE1.key, x)
             out.append(self._finish(prep, heat[0]))
         return out
 
@@ -171,12 +187,19 @@ class Pipeline:
         return _Prepared(name, work, pose, Orientation(pose[0], pose[1], source), canon_grey, canon_rgb,
                          spacing_t, timer)
 
+    def _net(self, prep: _Prepared, key: str, x: np.ndarray) -> np.ndarray:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        out = self.sessions.run(key, x)
+        prep.timer.add(NET_KEYS[key], (time.perf_counter() - t0) * 1e3)
+        prep.timer.cpu_nets += (time.thread_time() - c0) * 1e3
+        return out
+
     def _stage0(self, prep: _Prepared) -> None:
         t = prep.timer
         failed: tuple[str, str] | None = None
         profile = None
         with t.phase("0A"):
-            out = self.sessions.run(contract.PROFILE.key, prep.canon_grey[None, None])
+            out = self._net(prep, contract.PROFILE.key, prep.canon_grey[None, None])
             mask = profile_mask(out)
         with t.phase("0B"):
             try:
@@ -185,7 +208,7 @@ class Pipeline:
                 failed = (exc.phase, exc.reason)
             boxes = zone_boxes(profile)
         with t.phase("0C"):
-            contours, _src = run_zones(prep.canon_grey, boxes, self.sessions.run)
+            contours, _src = run_zones(prep.canon_grey, boxes, lambda k, x: self._net(prep, k, x))
             if failed is None and not any(c in contours for c in PRIMARY):
                 failed = ("0C", "no primary contour found (cranial base, mandibular border, palatal plane, symphysis)")
         with t.phase("0D"):
@@ -201,7 +224,7 @@ class Pipeline:
         with t.phase("0E"):
             mlp_points: dict[str, np.ndarray] = {}
             if failed is None:
-                mlp = self.sessions.run(contract.PHASE0E.key, anchor_vector(anchors))
+                mlp = self._net(prep, contract.PHASE0E.key, anchor_vector(anchors))
                 if not np.isfinite(mlp).all():
                     failed = ("0E", "anchor MLP returned non-finite values")
                 else:
@@ -218,18 +241,19 @@ class Pipeline:
         prep.prior_points = points
         prep.rule_points = {"0B": prof_pts, "0D": anchors,
                             "0E": {n: points[INDEX[n]] for n in CANONICAL_25 if np.isfinite(points[INDEX[n]]).all()}}
-        prep.diag = Stage0Diagnostics(
-            ok=failed is None,
-            failed_phase=failed[0] if failed else None,
-            reason=failed[1] if failed else None,
-            profile_pixels=profile.pixels if profile else int(mask.sum()),
-            anchors={n: self._to_original_tuple(prep, anchors.get(n)) for n in ("S", "N", "Me", "ANS", "Go", "Pog", "Prn")},
-            zone_boxes={k: tuple(int(v) for v in b) for k, b in boxes.items()},
-            contours={c: [tuple(p) for p in self._to_original(prep, simplified.get(c, p)).round(2).tolist()]
-                      for c, p in lines.items()},
-            profile=([tuple(p) for p in self._to_original(
-                prep, np.stack([profile.xs_smooth, profile.ys], 1)[::4]).round(2).tolist()] if profile else []),
-        )
+        with t.phase("diagnostics"):
+            prep.diag = Stage0Diagnostics(
+                ok=failed is None,
+                failed_phase=failed[0] if failed else None,
+                reason=failed[1] if failed else None,
+                profile_pixels=profile.pixels if profile else int(mask.sum()),
+                anchors={n: self._to_original_tuple(prep, anchors.get(n)) for n in ("S", "N", "Me", "ANS", "Go", "Pog", "Prn")},
+                zone_boxes={k: tuple(int(v) for v in b) for k, b in boxes.items()},
+                contours={c: [tuple(p) for p in self._to_original(prep, simplified.get(c, p)).round(2).tolist()]
+                          for c, p in lines.items()},
+                profile=([tuple(p) for p in self._to_original(
+                    prep, np.stack([profile.xs_smooth, profile.ys], 1)[::4]).round(2).tolist()] if profile else []),
+            )
 
     def _stage1_input(self, preps: Sequence[_Prepared]) -> np.ndarray:
         buf = getattr(self._local, "stage1_input", None)
@@ -293,8 +317,12 @@ class Pipeline:
         degraded = not diag.ok
         if degraded:
             log.warning("stage0_failed", image=prep.name, phase=diag.failed_phase, reason=diag.reason)
-        total = sum(t.ms.values())
+        total = sum(v for k, v in t.ms.items() if not k.startswith("net_"))
+        network = sum(v for k, v in t.ms.items() if k.startswith("net_"))
         timings = {k: round(v, 3) for k, v in t.ms.items()}
+        timings["networks"] = round(network, 3)
+        timings["outside_networks"] = round(total - network, 3)
+        timings["outside_networks_cpu"] = round(t.cpu_phases - t.cpu_nets, 3)
         timings["total"] = round(total, 3)
         return InferenceResult(
             image_name=prep.name, width=prep.work.width, height=prep.work.height, landmarks=landmarks,

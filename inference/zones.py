@@ -43,7 +43,10 @@ def longest_contour(mask: np.ndarray) -> np.ndarray | None:
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         return None
-    best = max(contours, key=lambda c: cv2.arcLength(c, True))
+    # CHAIN_APPROX_NONE lists every boundary pixel, so the point count is nearly the length:
+    # measure arc length only for the few contours that can still win.
+    most = max(len(c) for c in contours)
+    best = max((c for c in contours if len(c) >= 0.7 * most), key=lambda c: cv2.arcLength(c, True))
     if len(best) < 3:
         return None
     return best.reshape(-1, 2).astype(np.float64)
