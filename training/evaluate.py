@@ -148,7 +148,7 @@ def _text(img, s, org, scale=0.45, color=(0, 0, 0), thick=1):
 def plot(report: dict, pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[float, float]) -> np.ndarray:
     """Left: per-landmark MRE with +-1 SD bars and SDR@2mm. Right: every prediction's error
     vector drawn at its landmark on the mean face (mm), 2 mm circles."""
-    W, H = 1500, 760
+    W, H = 1500, 800
     img = np.full((H, W, 3), 255, np.uint8)
     per = report["stage1"]["per_landmark"]
     ov = report["stage1"]["overall"]
