@@ -1,0 +1,104 @@
+"""The traced structures as a binary Segmentation (highdicom), one segment per structure.
+
+Binary SEG, not the label-map SEG class: Orthanc 1.10 and dciodvfy 2022 do not know the latter.
+Each traced polyline is rasterised as a band about 1 mm wide (the line's own uncertainty is of
+that order), so the segment is visible as a contour overlay on the single-frame source.
+"""
+from __future__ import annotations
+
+import cv2
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from cephalometry.analysis import Analysis
+from cephalometry.tracing import TracedStructure, traced_structures
+from dicom_io import codes
+from dicom_io.uids import derived_uid
+from inference.result import InferenceResult
+
+BAND_MM = 1.0
+BAND_PX_WITHOUT_SPACING = 5
+MANUFACTURER = "cephnode"
+
+# CIELab display colours (highdicom converts from RGB) so viewers tell the structures apart.
+_COLOURS = {
+    "soft_tissue_profile": (255, 170, 0), "cranial_base": (0, 200, 255), "palatal_plane": (0, 255, 120),
+    "mandibular_border": (255, 60, 60), "mandibular_symphysis": (255, 0, 200),
+    "upper_incisor_axis": (255, 255, 0), "lower_incisor_axis": (160, 120, 255),
+}
+
+
+def band_width_px(result: InferenceResult) -> int:
+    if result.pixel_spacing_mm is None:
+        return BAND_PX_WITHOUT_SPACING
+    return max(2, int(round(BAND_MM / min(result.pixel_spacing_mm))))
+
+
+def rasterise(structure: TracedStructure, shape: tuple[int, int], width: int) -> np.ndarray:
+    mask = np.zeros(shape, dtype=np.uint8)
+    # cv2 draws with fixed-point sub-pixel coordinates (shift = 4 bits)
+    pts = np.round(np.asarray(structure.points, dtype=np.float64) * 16).astype(np.int32).reshape(-1, 1, 2)
+    cv2.polylines(mask, [pts], isClosed=False, color=1, thickness=width, lineType=cv2.LINE_8, shift=4)
+    return mask.astype(bool)
+
+
+def build_seg(
+    source: Dataset,
+    result: InferenceResult,
+    analysis: Analysis,
+    *,
+    pack_name: str,
+    pack_version: str,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+) -> hd.seg.Segmentation:
+    shape = (int(source.Rows), int(source.Columns))
+    structures = traced_structures(result)
+    if not structures:
+        raise ValueError("nothing was traced: no Stage 0 contour and too few landmarks for any structure")
+    width = band_width_px(result)
+    masks, descriptions = [], []
+    algo = hd.AlgorithmIdentificationSequence(
+        name=f"cephnode CephTrace v4 ({pack_name})"[:64], family=codes.ANATOMICAL_STRUCTURE, version=pack_version,
+    )
+    for number, s in enumerate(structures, start=1):
+        mask = rasterise(s, shape, width)
+        if not mask.any():
+            continue  # entirely outside the image
+        masks.append(mask)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=len(masks),
+            segment_label=s.name[:64],
+            segmented_property_category=codes.ANATOMICAL_STRUCTURE,
+            segmented_property_type=codes.STRUCTURES[s.key],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algo,
+            tracking_uid=derived_uid(str(source.SOPInstanceUID), pack_version, f"seg-track-{s.key}"),
+            tracking_id=f"{s.name} ({s.source})"[:64],
+            display_color=hd.color.CIELabColor.from_rgb(*_COLOURS[s.key]) if hasattr(hd.color.CIELabColor, "from_rgb") else None,
+        ))
+    pixel_array = np.stack(masks, axis=-1)[np.newaxis]           # (frames=1, rows, cols, segments)
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=f"CephTrace v4 ({pack_name})"[:64],
+        software_versions=pack_version[:64],
+        device_serial_number="0",
+        content_label="CEPH_TRACING",
+        content_description="Cephalometric tracing",
+        series_description=f"Cephalometric tracing SEG ({pack_name} {pack_version})"[:64],
+        coding_schemes=codes.coding_scheme_identification(),
+    )
+    # General Image: Patient Orientation is Type 2C when there is no plane orientation, as for a
+    # single-frame radiograph; highdicom leaves it out. Same frame as the source, so its value.
+    seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+    return seg
