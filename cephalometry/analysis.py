@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from cephalometry.frame import (
+    DegenerateGeometry,
     MeasuringFrame,
     MissingLandmark,
     angle_between,
@@ -196,6 +197,8 @@ def _n_perp(pt: str) -> Callable[[P], Result]:
         fh = p("Or") - p("Po")
         down = np.array([-fh[1], fh[0]])
         down = down if down[1] >= 0 else -down
+        if float(np.hypot(*down)) < 1e-9:
+            raise DegenerateGeometry("Po and Or coincide")
         n = p("N")
         n2 = n + down / np.hypot(*down) * max(float(np.hypot(*(p(pt) - n))), 1.0)
         q = p(pt)
@@ -222,7 +225,10 @@ def _bjork_sum(p: P) -> Result:
 
 def _jarabak(p: P) -> Result:
     s, go, n, me = p("S"), p("Go"), p("N"), p("Me")
-    return 100.0 * float(np.hypot(*(go - s)) / np.hypot(*(me - n))), [s, go, me, n]
+    front = float(np.hypot(*(me - n)))
+    if front < 1e-9:
+        raise DegenerateGeometry("N and Me coincide")
+    return 100.0 * float(np.hypot(*(go - s))) / front, [s, go, me, n]
 
 
 @dataclass(frozen=True)
@@ -404,7 +410,14 @@ def analyse(result: InferenceResult) -> Analysis:
             continue
         if not frame.spacing_known:
             flags.append("square-pixels-assumed")
-        value, line = d.compute(p)
+        try:
+            value, line = d.compute(p)
+        except DegenerateGeometry as exc:
+            flags.append("degenerate")
+            out.append(Measurement(value=None, deviation_sd=None, flags=tuple(flags),
+                                   omitted_reason=f"degenerate geometry ({exc}) among {', '.join(d.landmarks)}",
+                                   **common))
+            continue
         dev = (value - d.norm.mean) / d.norm.sd if d.norm.sd is not None and d.norm.mean is not None else None
         poly = tuple((float(x), float(y)) for x, y in frame.to_pixels(np.array(line)))
         out.append(Measurement(value=float(value), deviation_sd=dev, flags=tuple(flags), polyline=poly, **common))

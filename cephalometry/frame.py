@@ -31,6 +31,17 @@ _DIHEDRAL = tuple(
 )
 
 
+class DegenerateGeometry(ValueError):
+    """Two points that should span a line or an angle coincide."""
+
+
+def _unit(v: np.ndarray, what: str) -> np.ndarray:
+    n = float(np.hypot(*v))
+    if n < 1e-9:
+        raise DegenerateGeometry(what)
+    return v / n
+
+
 class MissingLandmark(LookupError):
     def __init__(self, name: str):
         super().__init__(name)
@@ -92,14 +103,15 @@ def choose_frame(result: InferenceResult) -> MeasuringFrame:
 
 def angle_between(u: np.ndarray, v: np.ndarray) -> float:
     """Unsigned angle between two direction vectors, degrees in [0, 180]."""
+    u, v = _unit(u, "zero-length ray"), _unit(v, "zero-length ray")
     cross = u[0] * v[1] - u[1] * v[0]
     return float(np.degrees(np.arctan2(abs(cross), float(np.dot(u, v)))))
 
 
 def anterior_normal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Unit normal of line a-b that points to the face side (+x)."""
-    d = b - a
-    n = np.array([d[1], -d[0]]) / np.hypot(*d)
+    d = _unit(b - a, "line through coincident points")
+    n = np.array([d[1], -d[0]])
     return n if n[0] >= 0 else -n
 
 
@@ -109,7 +121,7 @@ def signed_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 
 def foot_of_perpendicular(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d = (b - a) / np.hypot(*(b - a))
+    d = _unit(b - a, "line through coincident points")
     return a + np.dot(p - a, d) * d
 
 

@@ -129,6 +129,7 @@ NORMALITY: dict[str, Code] = {
 MEASUREMENT_STATUS = private("MEAS-STATUS", "Measurement status")
 NOT_COMPUTED_LANDMARK = private("NC-LANDMARK", "Not computed: a landmark it needs is unavailable")
 NOT_COMPUTED_SPACING = private("NC-SPACING", "Not computed: pixel spacing unknown, mm cannot be measured")
+NOT_COMPUTED_DEGENERATE = private("NC-DEGENERATE", "Not computed: landmarks coincide, no line or angle")
 CAVEAT = private("CAVEAT", "Measurement caveat")
 
 
@@ -142,6 +143,8 @@ def caveat_code(flag: str) -> Code:
         return private(f"{short[kind]}-{lm.upper().replace('_', '-')}", f"{meaning}: {lm}")
     if kind == "spacing-unknown":
         return private("SPACING-UNKNOWN", "Pixel spacing unknown")
+    if kind == "degenerate":
+        return private("DEGENERATE", "Landmarks coincide: geometry undefined")
     if kind == "square-pixels-assumed":
         return private("SQUARE-PX", "Square pixels assumed (pixel spacing unknown)")
     raise ValueError(f"no code for flag {flag!r}")

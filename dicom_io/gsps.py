@@ -33,8 +33,11 @@ def _colour(r: int, g: int, b: int) -> hd.color.CIELabColor:
     return hd.color.CIELabColor.from_rgb(r, g, b)
 
 
-def _xy(points) -> np.ndarray:
-    return np.asarray(points, dtype=float).reshape(-1, 2) + 0.5
+def _xy(points, rows: int, cols: int) -> np.ndarray:
+    """PIXEL graphic data: corner-origin coordinates, kept inside the image as GSPS requires
+    (a landmark or contour may sit on, or a rounding beyond, the border)."""
+    xy = np.asarray(points, dtype=float).reshape(-1, 2) + 0.5
+    return np.column_stack([np.clip(xy[:, 0], 0.0, cols), np.clip(xy[:, 1], 0.0, rows)])
 
 
 def measurement_text(m: Measurement) -> str:
@@ -93,11 +96,11 @@ def build_gsps(
     for lm in result.landmarks:
         if not lm.available:
             continue
-        (x, y), = _xy([(lm.x, lm.y)])
+        (x, y), = _xy([(lm.x, lm.y)], rows, cols)
         track = derived_uid(src_uid, pack_version, f"gsps-landmark-{lm.name}")
         lm_graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POINT, np.array([[x, y]]), PIXEL,
                                                tracking_id=f"Landmark {lm.name}", tracking_uid=track))
-        lm_graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.CIRCLE, np.array([[x, y], [x + radius, y]]), PIXEL))
+        lm_graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.CIRCLE, _xy([[x - 0.5, y - 0.5], [x - 0.5 + (radius if x + radius <= cols else -radius), y - 0.5]], rows, cols), PIXEL))
         label = lm.name + ("?" if lm.level == "low" or not lm.predicted else "")
         x0 = min(max(x + radius + 2, 0.0), cols - 2.0)
         y0 = min(max(y - label_h, 0.0), rows - 2.0)
@@ -107,11 +110,11 @@ def build_gsps(
 
     tracing = []
     for s in traced_structures(result):
-        tracing.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE, _xy(s.points), PIXEL,
+        tracing.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE, _xy(s.points, rows, cols), PIXEL,
                                            tracking_id=s.name[:64],
                                            tracking_uid=derived_uid(src_uid, pack_version, f"gsps-structure-{s.key}")))
     for name, a, b in reference_lines(result):
-        tracing.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE, _xy([a, b]), PIXEL,
+        tracing.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE, _xy([a, b], rows, cols), PIXEL,
                                            tracking_id=f"{name} line",
                                            tracking_uid=derived_uid(src_uid, pack_version, f"gsps-line-{name}")))
 

@@ -128,7 +128,12 @@ def _measurement_group(m: CephMeasurement, source: Dataset, track_uid: str, algo
     caveats = [QualitativeEvaluation(codes.CAVEAT, codes.caveat_code(f)) for f in m.flags]
     tracking = TrackingIdentifier(uid=track_uid, identifier=f"{m.analysis} {m.name}")
     if m.value is None:
-        status = codes.NOT_COMPUTED_LANDMARK if "unavailable" in m.omitted_reason else codes.NOT_COMPUTED_SPACING
+        if any(f.startswith("unavailable:") for f in m.flags):
+            status = codes.NOT_COMPUTED_LANDMARK
+        elif "spacing-unknown" in m.flags:
+            status = codes.NOT_COMPUTED_SPACING
+        else:
+            status = codes.NOT_COMPUTED_DEGENERATE
         return MeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, finding_type=codes.KINDS[m.kind],
             algorithm_id=algo, qualitative_evaluations=[QualitativeEvaluation(code, status), *caveats],

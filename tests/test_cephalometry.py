@@ -182,3 +182,13 @@ def test_polylines_run_through_the_landmarks_they_measure():
 def test_every_canonical_landmark_is_known_to_the_builder():
     r = make(FACE_RIGHT)
     assert [lm.name for lm in r.landmarks] == list(CANONICAL_25)
+
+
+def test_coincident_landmarks_leave_the_measurement_out_instead_of_dividing_by_zero():
+    pts = dict(FACE_RIGHT)
+    pts["Pog_soft"] = pts["Sn"]            # Sn-Pog_soft spans no line
+    a = analyse(make(pts))
+    for key in ("burstone.ul_snpog", "burstone.ll_snpog"):
+        m = a.get(key)
+        assert m.value is None and "degenerate" in m.omitted_reason and "degenerate" in m.flags
+    assert all(np.isfinite(m.value) for m in a.computed)

@@ -1,0 +1,144 @@
+"""SEG, GSPS and tracing sheet: validated by dciodvfy (once per kind) and checked for content."""
+from __future__ import annotations
+
+from io import BytesIO
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from cephalometry.analysis import analyse
+from cephalometry.tracing import traced_structures
+from dicom_io import codes
+from dicom_io.gsps import key_lines
+from dicom_io.outputs import OUTPUT_KINDS, build_outputs, instance_uid
+from dicom_io.seg import band_width_px, rasterise
+from dicom_io.tracing_sheet import ROW_COLOURS, STRUCTURE_COLOURS
+from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
+from tests.support.validators import dciodvfy
+
+DCIODVFY_EXPLAINED = {
+    r"Unrecognized defined term <99CEPHNODE> for value 1 of attribute <Coding Scheme Designator>":
+        "SEG segment property types use our private scheme where SNOMED has no code (profile, cranial "
+        "base, palatal plane, symphysis); the scheme is declared in the Coding Scheme Identification Sequence",
+}
+
+
+@pytest.fixture(scope="module")
+def case():
+    return isbi_report_case("004")
+
+
+@pytest.fixture(scope="module")
+def objects(case):
+    made = build_outputs(case.source, case.result, kinds=("seg", "gsps", "sc"), pack_name=PACK_NAME,
+                         pack_version=PACK_VERSION)
+    return dict(zip(("seg", "gsps", "sc"), made))
+
+
+def _roundtrip(ds) -> pydicom.Dataset:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return pydicom.dcmread(BytesIO(buf.getvalue()))
+
+
+@pytest.mark.parametrize("kind, iod", [("seg", "Segmentation"), ("gsps", "GrayscaleSoftcopyPresentationState"),
+                                       ("sc", "SCImage")])
+def test_object_passes_dciodvfy(objects, kind, iod, tmp_path):
+    path = tmp_path / f"{kind}.dcm"
+    objects[kind].save_as(path, enforce_file_format=True)
+    report = dciodvfy(path)
+    assert iod in report.output, report.output[-2000:]
+    assert report.errors == [], "\n".join(report.errors)
+    assert report.unexpected_warnings(DCIODVFY_EXPLAINED) == []
+
+
+@pytest.mark.parametrize("kind", ["seg", "gsps", "sc"])
+def test_object_joins_the_source_study_in_its_own_series(case, objects, kind):
+    ds, src = objects[kind], case.source
+    assert ds.StudyInstanceUID == src.StudyInstanceUID
+    assert ds.SeriesInstanceUID not in (src.SeriesInstanceUID,)
+    assert ds.SOPInstanceUID == instance_uid(src, PACK_VERSION, kind)
+    assert ds.PatientID == src.PatientID and ds.PatientName == src.PatientName
+    assert ds.AccessionNumber == src.AccessionNumber
+    assert PACK_NAME in ds.SeriesDescription and PACK_VERSION in ds.SeriesDescription
+
+
+def test_every_kind_gets_a_distinct_series():
+    c = isbi_report_case("005")
+    made = build_outputs(c.source, c.result, pack_name="p", pack_version="v")
+    assert [d.Modality for d in made] == ["SR", "SEG", "PR", "OT"]
+    assert len({d.SeriesInstanceUID for d in made}) == len(OUTPUT_KINDS)
+    assert len({d.SOPInstanceUID for d in made}) == len(OUTPUT_KINDS)
+
+
+def test_seg_has_one_binary_segment_per_traced_structure(case, objects):
+    seg = hd.seg.Segmentation.from_dataset(_roundtrip(objects["seg"]))
+    assert seg.SegmentationType == "BINARY"
+    structures = traced_structures(case.result)
+    # ISBI has no root apices, Co or Prn: the incisor axes cannot be traced from its landmarks.
+    assert [s.key for s in structures] == ["soft_tissue_profile", "cranial_base", "palatal_plane",
+                                           "mandibular_border", "mandibular_symphysis"]
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == [s.name for s in structures]
+    types = [d.SegmentedPropertyTypeCodeSequence[0].CodeValue for d in seg.SegmentSequence]
+    assert types == [codes.STRUCTURES[s.key].value for s in structures]
+    pixels = seg.get_pixels_by_source_instance([case.source.SOPInstanceUID], combine_segments=False)
+    assert pixels.shape == (1, case.source.Rows, case.source.Columns, len(structures))
+    width = band_width_px(case.result)
+    assert width == 5                                       # 1 mm at 0.2 mm/px
+    for i, s in enumerate(structures):
+        expected = rasterise(s, (case.source.Rows, case.source.Columns), width)
+        np.testing.assert_array_equal(pixels[0, :, :, i].astype(bool), expected)
+    # the cranial base band runs through S and N themselves
+    for name in ("S", "N"):
+        lm = case.result.landmark(name)
+        assert pixels[0, int(round(lm.y)), int(round(lm.x)), 1] == 1
+
+
+def test_gsps_draws_landmarks_tracing_and_key_measurements(case, objects):
+    ds = _roundtrip(objects["gsps"])
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.1"
+    ref = ds.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
+    assert ref.ReferencedSOPInstanceUID == case.source.SOPInstanceUID
+    layers = {a.GraphicLayer: a for a in ds.GraphicAnnotationSequence}
+    assert set(layers) == {"LANDMARKS", "TRACING", "MEASUREMENTS"}
+    points = {g.TrackingID: np.array(g.GraphicData, np.float32) for g in layers["LANDMARKS"].GraphicObjectSequence
+              if g.GraphicType == "POINT"}
+    available = [lm for lm in case.result.landmarks if lm.available]
+    assert len(points) == len(available)
+    for lm in available:
+        np.testing.assert_array_equal(points[f"Landmark {lm.name}"], np.float32([lm.x + 0.5, lm.y + 0.5]))
+    labels = {t.UnformattedTextValue for t in layers["LANDMARKS"].TextObjectSequence}
+    assert {lm.name for lm in available} <= labels
+    lines = [g for g in layers["TRACING"].GraphicObjectSequence if g.GraphicType == "POLYLINE"]
+    assert {g.TrackingID for g in lines} >= {"SN line", "FH line", "MP line", "Soft-tissue profile"}
+    texts = [t.UnformattedTextValue for t in layers["MEASUREMENTS"].TextObjectSequence]
+    analysis = analyse(case.result)
+    assert texts[: len(key_lines(analysis))] == key_lines(analysis)
+    sna = analysis.get("steiner.sna").value
+    assert any(t.startswith(f"SNA: {sna:.1f} deg (norm 82 +- 2 deg)") for t in texts)
+    assert any("Skeletal class (ANB)" in t for t in texts)
+
+
+def test_tracing_sheet_shows_the_tracing_and_a_colour_coded_table(case, objects):
+    ds = _roundtrip(objects["sc"])
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert ds.PhotometricInterpretation == "RGB" and ds.BurnedInAnnotation == "NO"
+    sheet = ds.pixel_array
+    rows, cols = case.source.Rows, case.source.Columns
+    assert sheet.shape[0] == rows and sheet.shape[1] > cols + 800     # radiograph at full size + table
+    left, table = sheet[:, :cols], sheet[:, cols:]
+    # the tracing is drawn in colour over the grey radiograph
+    colourful = np.abs(left.astype(int) - left.mean(axis=2, keepdims=True)).max(axis=2) > 40
+    assert colourful.mean() > 0.002
+    lm = case.result.landmark("Go")
+    patch = left[int(lm.y) - 12:int(lm.y) + 13, int(lm.x) - 12:int(lm.x) + 13].reshape(-1, 3)
+    assert (np.abs(patch.astype(int) - STRUCTURE_COLOURS["mandibular_border"]).sum(axis=1) < 60).any()
+    # the table uses the severity colours as row backgrounds, one kind per measurement status
+    analysis = analyse(case.result)
+    present = {k for k, rgb in ROW_COLOURS.items() if k != "omitted" and (table == rgb).all(axis=2).sum() > 4000}  # a row, not the legend swatch
+    expected = set()
+    for m in analysis.computed:
+        expected.add("no-norm" if m.status == "no-norm" else {0: "within", 1: "sev1", 2: "sev2"}[m.severity])
+    assert present == expected
