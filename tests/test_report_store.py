@@ -1,0 +1,57 @@
+"""A real Orthanc accepts every object we build, by C-STORE over a real socket (dcmtk storescu),
+files them under the source's study, and gives the SR back unchanged."""
+from __future__ import annotations
+
+import subprocess
+
+import highdicom as hd
+import pytest
+
+from cephalometry.analysis import analyse
+from dicom_io import codes
+from dicom_io.outputs import build_outputs
+from tests.support.orthanc import start_orthanc
+from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
+
+SOP_CLASSES = {
+    "sr": "1.2.840.10008.5.1.4.1.1.88.33",
+    "seg": "1.2.840.10008.5.1.4.1.1.66.4",
+    "gsps": "1.2.840.10008.5.1.4.1.1.11.1",
+    "sc": "1.2.840.10008.5.1.4.1.1.7",
+}
+
+
+@pytest.mark.slow
+def test_orthanc_accepts_each_object_by_c_store(tmp_path):
+    case = isbi_report_case("006")
+    objects = dict(zip(SOP_CLASSES, build_outputs(case.source, case.result, pack_name=PACK_NAME,
+                                                  pack_version=PACK_VERSION)))
+    files = [tmp_path / "source.dcm"]
+    case.source.save_as(files[0], enforce_file_format=True)
+    for kind, ds in objects.items():
+        files.append(tmp_path / f"{kind}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+
+    with start_orthanc(tmp_path / "orthanc") as pacs:
+        # -R: propose exactly the SOP classes of the files (SEG and GSPS included)
+        proc = subprocess.run(["storescu", "-R", "-aet", "CEPHNODE", "-aec", pacs.aet, pacs.host,
+                               str(pacs.dicom_port), *map(str, files)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Failed" not in proc.stderr and "Refused" not in proc.stderr, proc.stderr
+        pacs.wait_for_instances(len(files))
+        stored = pacs.instances_by_sop_uid()
+        for kind, ds in objects.items():
+            assert ds.SOPInstanceUID in stored, kind
+            tags = pacs.instance_tags(stored[ds.SOPInstanceUID])
+            assert tags["SOPClassUID"] == SOP_CLASSES[kind]
+            assert tags["StudyInstanceUID"] == case.source.StudyInstanceUID
+        studies = pacs.get_json("/studies")
+        assert len(studies) == 1
+        assert len(pacs.get_json(f"/studies/{studies[0]}/series")) == 1 + len(objects)
+
+        # The SR as the archive holds it still carries every measurement value exactly.
+        back = pacs.dataset(stored[objects["sr"].SOPInstanceUID])
+        report = hd.sr.ComprehensiveSR.from_dataset(back).content
+        got = {codes.MEASUREMENT_KEY_BY_VALUE[m.name.value]: m.value
+               for g in report.get_image_measurement_groups() for m in g.get_measurements()}
+        assert got == {m.key: m.value for m in analyse(case.result).computed}
