@@ -24,9 +24,9 @@ class ImageError(ValueError):
 
 @dataclass
 class WorkImage:
-    grey: np.ndarray            # (512, 512) float32 in [0, 1], original pose
+    grey: np.ndarray            # (512, 512) float32 in [0, 1], in the pose it was prepared in
     rgb: np.ndarray | None      # (512, 512, 3) float32 in [0, 1] when the input had colour, else None
-    width: int                  # original size
+    width: int                  # original image size (before any turn)
     height: int
 
 
@@ -40,11 +40,18 @@ class FileImage:
 
 
 def resize_to_work(img: np.ndarray, size: int = WORK) -> np.ndarray:
-    """Area averaging when shrinking (no aliasing from the detector's fine noise), bilinear
-    when enlarging. Training uses this same function so both see identical pixels."""
+    """Bilinear resize to size x size, as the contract (and our training) does.
+
+    Images over three times the target on a side (full-size detectors: 2000 x 2500 and more)
+    are first area-averaged to at most 3 x size, so bilinear sampling does not alias the
+    detector's fine noise; ISBI-sized images (968 x 1200) go straight through bilinear,
+    pixel-identical to the training cache. Both steps keep cv2's half-pixel-centre mapping,
+    so inference.geometry's point mapping holds for the composition."""
     h, w = img.shape[:2]
-    interp = cv2.INTER_AREA if (w >= size and h >= size) else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+    cap = 3 * size
+    if w > cap or h > cap:
+        img = cv2.resize(img, (min(w, cap), min(h, cap)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def _intensity_window(img: np.ndarray) -> tuple[float, float]:
@@ -59,8 +66,24 @@ def _intensity_window(img: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def prepare(image: np.ndarray) -> WorkImage:
-    """Any grey/RGB array -> the 512 working image (float32 [0, 1])."""
+@dataclass
+class Normalised:
+    """A validated input in its native type, with the intensity window that maps it to [0, 1]."""
+    pixels: np.ndarray          # (H, W) or (H, W, 3): uint8, uint16, int16 or float32
+    lo: float
+    hi: float
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+def normalise_input(image: np.ndarray) -> Normalised:
+    """Check shape and type; choose the intensity window (no full-size float copy)."""
     img = np.asarray(image)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
@@ -76,9 +99,9 @@ def prepare(image: np.ndarray) -> WorkImage:
     if img.dtype == np.uint8:
         lo, hi = 0.0, 255.0                      # the contract's /255
     elif np.issubdtype(img.dtype, np.integer):
-        if img.dtype not in (np.uint16, np.int16):   # cv2.resize handles these natively
+        if img.dtype not in (np.uint16, np.int16):   # cv2 handles these natively
             img = img.astype(np.float32)
-        if int(img.max()) <= 255 and int(img.min()) >= 0:
+        if float(img.max()) <= 255 and float(img.min()) >= 0:
             lo, hi = 0.0, 255.0                  # 8-bit values in a wider type
         else:
             lo, hi = _intensity_window(img)      # 12/16-bit: stretch what is really used
@@ -90,18 +113,57 @@ def prepare(image: np.ndarray) -> WorkImage:
         lo, hi = (0.0, 1.0) if (lo >= 0.0 and hi <= 1.0) else _intensity_window(img)
     else:
         raise ImageError(f"unsupported pixel type {img.dtype}")
+    return Normalised(img, lo, hi)
 
-    small = resize_to_work(img).astype(np.float32)
-    small -= lo
-    small *= 1.0 / (hi - lo)
+
+def thumbnail(n: Normalised, size: int = 64) -> np.ndarray:
+    """Orientation detection's input: the central 84 % of the image (original pose), area-
+    averaged to size x size grey float32, straight from the native pixels."""
+    from inference.orientation import central_crop
+
+    t = cv2.resize(np.ascontiguousarray(central_crop(n.pixels)), (size, size),
+                   interpolation=cv2.INTER_AREA).astype(np.float32)
+    if t.ndim == 3:
+        t = cv2.cvtColor(t, cv2.COLOR_RGB2GRAY)
+    return (t - n.lo) / (n.hi - n.lo)
+
+
+_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+
+
+def apply_pose(img: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """np.rot90(img, k) then (if flip) mirror left-right, done by OpenCV's fast kernels."""
+    k %= 4
+    if k:
+        img = cv2.rotate(np.ascontiguousarray(img), _ROTATE[k])
+    if flip:
+        img = cv2.flip(np.ascontiguousarray(img), 1)
+    return img
+
+
+def work_image(n: Normalised, pose: tuple[int, bool] = (0, False)) -> WorkImage:
+    """Turn the full-size image into the canonical pose, then resize to 512 and scale to [0, 1].
+
+    Turning before resizing (as training/cache.py does) makes the working image bit-identical
+    whichever way the input was stored: OpenCV's fixed-point bilinear resize rounds
+    differently along rows and columns, so resizing first and turning after would not be."""
+    canon = apply_pose(n.pixels, *pose)
+    small = resize_to_work(canon).astype(np.float32)
+    small -= n.lo
+    small *= 1.0 / (n.hi - n.lo)
     np.clip(small, 0.0, 1.0, out=small)
     if small.ndim == 3:
         rgb = small
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         if np.allclose(rgb[:, :, 0], rgb[:, :, 1]) and np.allclose(rgb[:, :, 1], rgb[:, :, 2]):
             rgb = None                            # a grey image stored as RGB
-        return WorkImage(grey, rgb, w, h)
-    return WorkImage(small, None, w, h)
+        return WorkImage(grey, rgb, n.width, n.height)
+    return WorkImage(small, None, n.width, n.height)
+
+
+def prepare(image: np.ndarray, pose: tuple[int, bool] = (0, False)) -> WorkImage:
+    """Any grey/RGB array -> the 512 working image (float32 [0, 1]) in the given pose."""
+    return work_image(normalise_input(image), pose)
 
 
 def _is_dicom(path: Path) -> bool:

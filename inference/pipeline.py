@@ -25,9 +25,9 @@ from inference import contract
 from inference.anchors import find_anchors, work_px_per_mm
 from inference.decode import decode_heatmaps
 from inference.geometry import HEAT, WORK, from_work, heat_to_work
-from inference.imageio import WorkImage, prepare, read_file
+from inference.imageio import WorkImage, normalise_input, read_file, thumbnail, work_image
 from inference.landmarks import CANONICAL_25, INDEX, confidence_level
-from inference.orientation import detect_pose, inverse_points, pose_from_patient_orientation, to_canonical
+from inference.orientation import detect_pose, inverse_points, pose_from_patient_orientation
 from inference.pack import ModelPack, load_pack
 from inference.priors import anchor_vector, attention_maps, derived_points
 from inference.profile import StageFailure, analyse_profile, profile_mask, zone_boxes
@@ -171,7 +171,7 @@ class Pipeline:
     def _prepare(self, image, spacing, patient_orientation, name, forced) -> _Prepared:
         timer = _Timer()
         with timer.phase("prepare"):
-            work = prepare(image)
+            norm = normalise_input(image)
         with timer.phase("orient"):
             if forced is not None:
                 pose, source = (int(forced[0]) % 4, bool(forced[1])), "given"
@@ -179,12 +179,12 @@ class Pipeline:
                 pose = pose_from_patient_orientation(patient_orientation)
                 source = "dicom"
                 if pose is None:
-                    pose, _margin = detect_pose(work.grey)
+                    pose, _margin = detect_pose(thumbnail(norm), cropped_64=True)
                     source = "image"
-            canon_grey = to_canonical(work.grey, *pose)
-            canon_rgb = to_canonical(work.rgb, *pose) if work.rgb is not None else None
+        with timer.phase("prepare"):
+            work = work_image(norm, pose)         # canonical pose, 512 x 512
         spacing_t = tuple(float(v) for v in spacing) if spacing is not None else None
-        return _Prepared(name, work, pose, Orientation(pose[0], pose[1], source), canon_grey, canon_rgb,
+        return _Prepared(name, work, pose, Orientation(pose[0], pose[1], source), work.grey, work.rgb,
                          spacing_t, timer)
 
     def _net(self, prep: _Prepared, key: str, x: np.ndarray) -> np.ndarray:
@@ -273,8 +273,9 @@ class Pipeline:
     def _to_original(self, prep: _Prepared, pts_work: np.ndarray) -> np.ndarray:
         """(N, 2) canonical 512-grid points -> original image pixels."""
         pts = np.asarray(pts_work, np.float64).reshape(-1, 2)
-        un = inverse_points(pts, WORK, WORK, *prep.pose)
-        return from_work(un, prep.work.width, prep.work.height)
+        w, h = prep.work.width, prep.work.height
+        cw, ch = (h, w) if prep.pose[0] % 2 else (w, h)          # the turned image's size
+        return inverse_points(from_work(pts, cw, ch), w, h, *prep.pose)
 
     def _to_original_tuple(self, prep: _Prepared, p) -> tuple[float, float] | None:
         if p is None or not np.isfinite(p).all():

@@ -42,9 +42,9 @@ class Profile:
     xs: np.ndarray              # raw anterior x per row
     xs_smooth: np.ndarray       # Gaussian-smoothed x
     points: dict[str, tuple[float, float]] = field(default_factory=dict)
-    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)     # mask bbox x_min, y_min, x_max, y_max
-    centroid: tuple[float, float] = (0.0, 0.0)
-    pixels: int = 0
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)     # whole 0A mask: x_min, y_min, x_max, y_max
+    centroid: tuple[float, float] = (0.0, 0.0)          # whole 0A mask
+    pixels: int = 0                                     # largest component
 
 
 def gaussian_smooth_1d(v: np.ndarray, sigma: float) -> np.ndarray:
@@ -132,7 +132,7 @@ def profile_points(ys: np.ndarray, xs: np.ndarray, xs_raw: np.ndarray | None = N
 
 def analyse_profile(mask: np.ndarray) -> Profile:
     """0B: from the 0A mask to the profile, its soft-tissue points, bbox and centroid."""
-    comp, area, bbox, centroid = largest_component(mask)
+    comp, area, _bbox, _centroid = largest_component(mask)
     if area < MIN_PROFILE_PIXELS:
         raise StageFailure("0A", f"profile mask has {area} foreground pixels in its largest component (< {MIN_PROFILE_PIXELS})")
     ys, xs = anterior_profile(comp)
@@ -143,6 +143,13 @@ def analyse_profile(mask: np.ndarray) -> Profile:
     pts = profile_points(ys.astype(np.float64), xs_s, xs)
     if "Prn" not in pts:
         raise StageFailure("0B", "no nose tip (Prn) on the profile")
+    # Zone boxes come from the whole 0A mask's bounding box and centroid (the contract's words;
+    # training/zones.py does the same), not from the largest component alone.
+    m8 = mask.astype(np.uint8)
+    bx, by, bw, bh = cv2.boundingRect(m8)
+    mom = cv2.moments(m8, binaryImage=True)
+    bbox = (bx, by, bx + bw - 1, by + bh - 1)
+    centroid = (mom["m10"] / mom["m00"], mom["m01"] / mom["m00"])
     return Profile(ys.astype(np.float64), xs, xs_s, pts, bbox, centroid, area)
 
 

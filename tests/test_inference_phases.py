@@ -250,3 +250,10 @@ def test_dark_offset_is_clipped_and_flat_maps_stay_at_the_argmax():
     xy, peaks = decode_heatmaps(hm)
     assert abs(xy[0, 0] - 20) <= 0.5 and abs(xy[0, 1] - 10) <= 0.5
     assert peaks[1] == 0.0 and tuple(xy[1]) == (0.0, 0.0)
+
+
+def test_zone_boxes_use_the_whole_mask_like_training():
+    from training.zones import zone_boxes as training_zone_boxes
+    mask, _, _ = _face_mask()
+    mask[5:12, 5:12] = True                      # a speck outside the main component
+    assert zone_boxes(analyse_profile(mask)) == training_zone_boxes(mask)

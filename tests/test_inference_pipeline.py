@@ -64,24 +64,30 @@ def test_full_run_on_a_real_radiograph(pipe, grey):
 
 
 def test_uint16_float_rgb_and_files_give_the_same_tracing(pipe, grey, tmp_path):
+    from inference.imageio import prepare
     ref = _xy(pipe.run(grey))
-    variants = {
-        "uint16": grey.astype(np.uint16) * 257,
-        "float": grey.astype(np.float32) / 255.0,
-        "rgb": np.repeat(grey[:, :, None], 3, axis=2),
-    }
-    cv2.imwrite(str(tmp_path / "a.png"), grey.astype(np.uint16) * 257)      # 16-bit PNG
+    # Lossless equivalents of the 8-bit grey image: the very same tracing.
     cv2.imwrite(str(tmp_path / "a.tif"), grey)
     cv2.imwrite(str(tmp_path / "a.bmp"), grey)
-    # 16-bit data gets a robust percentile stretch (not /255), so its contours differ slightly
-    tolerance = {"uint16": 3.0, "float": 1.0, "rgb": 1.0}
-    for name, arr in variants.items():
-        got = _xy(pipe.run(arr))
-        assert np.abs(got - ref).max() < tolerance[name], name
-    for f in ("a.png", "a.tif", "a.bmp"):
+    cv2.imwrite(str(tmp_path / "a8.png"), grey)
+    assert np.abs(_xy(pipe.run(np.repeat(grey[:, :, None], 3, axis=2))) - ref).max() < 1e-6
+    for f in ("a.tif", "a.bmp", "a8.png"):
         r = pipe.run_file(tmp_path / f)
         assert r.image_name == f and "read_file" in r.timings_ms
-        assert np.abs(_xy(r) - ref).max() < (3.0 if f == "a.png" else 1.0), f
+        assert np.abs(_xy(r) - ref).max() < 1e-6, f
+    # Float and 16-bit inputs reach the same working image (up to 8-bit rounding, or the
+    # 16-bit percentile stretch), and trace without degradation.
+    base = prepare(grey).grey
+    as_float = prepare(grey.astype(np.float32) / 255.0).grey
+    assert np.abs(as_float - base).max() <= 1.0 / 255 + 1e-6
+    cv2.imwrite(str(tmp_path / "a16.png"), grey.astype(np.uint16) * 257)
+    for arr in (grey.astype(np.uint16) * 257, cv2.imread(str(tmp_path / "a16.png"), cv2.IMREAD_UNCHANGED)):
+        assert arr.dtype == np.uint16
+        w = prepare(arr).grey
+        assert np.corrcoef(w.ravel(), base.ravel())[0, 1] > 0.995
+        assert not pipe.run(arr).degraded
+    r16 = pipe.run_file(tmp_path / "a16.png")
+    assert not r16.degraded and np.isfinite(_xy(r16)).all()
 
 
 def test_dicom_file_uses_its_spacing_and_orientation(pipe, grey, tmp_path):
@@ -91,8 +97,14 @@ def test_dicom_file_uses_its_spacing_and_orientation(pipe, grey, tmp_path):
     r = pipe.run_file(path)
     assert r.pixel_spacing_mm == (0.2, 0.2)
     assert r.orientation.source == "dicom" and r.orientation.flipped
-    ref = _xy(pipe.run(grey))
-    assert np.abs(_xy(r) - ref).max() < 2.0
+    # run_file is exactly: decode with dicom_io.pixels, then run() with the file's geometry
+    from dicom_io.pixels import read_dicom_image
+    di = read_dicom_image(path)
+    same = pipe.run(di.pixels, pixel_spacing_mm=di.pixel_spacing_mm, patient_orientation=di.patient_orientation)
+    assert np.abs(_xy(r) - _xy(same)).max() < 1e-9
+    # and the 12-bit DICOM reaches (nearly) the working image of the 8-bit original
+    from inference.imageio import prepare
+    assert np.corrcoef(prepare(di.pixels).grey.ravel(), prepare(grey).grey.ravel())[0, 1] > 0.99
 
 
 def test_blank_image_degrades_but_stage1_still_runs(pipe):
@@ -161,3 +173,12 @@ def test_two_channel_profile_output_is_accepted(tmp_path, grey, pipe):
     r = p.run(grey)
     assert not r.degraded
     assert r.stage0.profile_pixels == pipe.run(grey).stage0.profile_pixels
+
+
+def test_working_image_is_pixel_identical_to_the_training_cache(case):
+    # Training (training/cache.py) and inference must feed the networks the same pixels.
+    from inference.imageio import prepare
+    from training.cache import canonical_image
+    trained = canonical_image(case.image_path).astype(np.float32) / 255.0
+    ours = prepare(cv2.imread(str(case.image_path), cv2.IMREAD_GRAYSCALE)).grey[:, ::-1]
+    assert np.abs(trained - ours).max() < 1e-6
