@@ -15,7 +15,7 @@ from training import isbi
 
 PACK_NAME = "cephnode-default"
 PACK_VERSION = "1.0.0"
-DEFAULT_STAGE1_EPOCHS = 48
+DEFAULT_STAGE1_EPOCHS = 36
 REPORT_DIR = isbi.REPO_ROOT / "models" / "default" / "evaluation"
 
 
@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=DEFAULT_STAGE1_EPOCHS, help="Stage 1 epochs")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--reschedule", action="store_true",
+                   help="continue a checkpoint made for another --epochs on the new schedule's length")
     p.add_argument("--accuracy", type=Path, default=None,
                    help="evaluate JSON whose figures go into pack.json's accuracy (default: the pack's evaluation/test1.json if present)")
     p.set_defaults(func=cmd_train)
@@ -50,6 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=DEFAULT_STAGE1_EPOCHS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--reschedule", action="store_true")
     p.add_argument("--work", type=Path, default=None, help="where the two arms' packs go (default ~/.cache/cephnode/ablation)")
     p.add_argument("--out", type=Path, default=REPORT_DIR, help="folder for ablation.json / .md")
     p.set_defaults(func=cmd_ablation)
@@ -153,7 +156,8 @@ def cmd_train(args) -> int:
     nets = pipeline_train.stage0_all(ds, ckpt, s0cfg, log=log, bar_factory=_bar)
     s1cfg = stage1.Stage1Config(arm="priors", epochs=args.epochs)
     tr = ds.split == "train"
-    stage1.train(ds.images[tr], ds.landmarks[tr], s1cfg, ckpt, log=log, device=device, progress=True)
+    stage1.train(ds.images[tr], ds.landmarks[tr], s1cfg, ckpt, log=log, device=device, progress=True,
+                 reschedule=args.reschedule)
     nets["stage1"] = stage1.load_trained(ckpt / "stage1_priors.pt")
     export.export_pack(nets, args.out)
     path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy, train_seconds=time.time() - t0)
@@ -192,12 +196,28 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
         "seeds": {"stage0": s0cfg.seed, "stage1": s1cfg.seed},
         "commit": evaluate._git_commit(),
         "trainer": "cephnode train (training/), torch CPU",
+        "schedule_changes": _schedule_changes(),
         **({"train_seconds": round(train_seconds)} if train_seconds else {}),
     }
     return write_manifest(root, name=name, version=version, predicted=ISBI_19,
                           rules={"Prn": "Phase 0B profile geometry: most anterior point of the soft-tissue profile "
                                         "above 35 % of its height (not a trained prediction; no data labels Prn)"},
                           provenance=provenance, accuracy=accuracy)
+
+
+def _schedule_changes() -> list[dict]:
+    """Reschedule events from the training logs (a run shortened to fit the CPU budget says so)."""
+    from training import cache
+
+    events = []
+    for log in sorted(cache.cache_dir().glob("*.log")):
+        for line in log.read_text().splitlines():
+            if '"reschedule"' in line:
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return events
 
 
 # ------------------------------------------------------------------------------- ablation
@@ -219,7 +239,8 @@ def cmd_ablation(args) -> int:
     rows = {}
     for arm in ("priors", "none"):
         cfg = stage1.Stage1Config(arm=arm, epochs=args.epochs)
-        stage1.train(ds.images[tr], ds.landmarks[tr], cfg, ckpt, device=device, progress=True)
+        stage1.train(ds.images[tr], ds.landmarks[tr], cfg, ckpt, device=device, progress=True,
+                     reschedule=args.reschedule)
         arm_nets = dict(nets)
         arm_nets["stage1"] = stage1.load_trained(ckpt / f"stage1_{arm}.pt")
         root = work / arm

@@ -24,7 +24,7 @@ IX = {n: i for i, n in enumerate(ISBI_19)}
 @dataclass
 class Stage0Config:
     profile_epochs: int = 12
-    zone_epochs: int = 20
+    zone_epochs: int = 10
     mlp_steps: int = 4000
     batch: int = 8
     lr: float = 3e-3

@@ -99,8 +99,9 @@ def heatmap_loss(logits25: torch.Tensor, target19: torch.Tensor) -> torch.Tensor
 
 
 def train(images: np.ndarray, landmarks: np.ndarray, cfg: Stage1Config, ckpt_dir: Path, *,
-          log=print, device: str = "cpu", progress: bool = False) -> torch.nn.Module:
-    """Resumable: continues from ckpt_dir/stage1_<arm>.pt if present."""
+          log=print, device: str = "cpu", progress: bool = False, reschedule: bool = False) -> torch.nn.Module:
+    """Resumable: continues from ckpt_dir/stage1_<arm>.pt if present. With reschedule=True a
+    checkpoint made for another number of epochs continues on a schedule of cfg.epochs."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / f"stage1_{cfg.arm}.pt"
     torch.manual_seed(cfg.seed)
@@ -114,12 +115,23 @@ def train(images: np.ndarray, landmarks: np.ndarray, cfg: Stage1Config, ckpt_dir
     epoch = 0
     if ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state["config"] != asdict(cfg):
+        saved = dict(state["config"])
+        rescheduled = saved.get("epochs") != cfg.epochs and reschedule
+        if rescheduled:
+            saved["epochs"] = cfg.epochs
+        if saved != asdict(cfg):
             raise ValueError(f"{ckpt}: checkpoint was made with another config; remove it to restart")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
         epoch = state["epoch"]
+        if rescheduled:
+            # Same one-cycle shape stretched or squeezed to the new length, continued from here.
+            sched.last_epoch = epoch * steps_per_epoch - 1
+            sched.step()
+            log(json.dumps({"event": "reschedule", "arm": cfg.arm, "epoch": epoch,
+                            "from_epochs": state["config"]["epochs"], "to_epochs": cfg.epochs}))
+        else:
+            sched.load_state_dict(state["sched"])
         log(json.dumps({"event": "resume", "arm": cfg.arm, "epoch": epoch}))
     bar = None
     if progress:
