@@ -168,6 +168,14 @@ CATEGORIES: dict[str, Code] = {
     None: private("CL-UNDETERMINED", "Not determined"),
 }
 
+# --- how the tracing was made --------------------------------------------------------------
+TRACING_PROCESS = private("CEPH-PROCESS", "Cephalometric tracing process")
+TRACING_STATUS = private("TRACE-STATUS", "Tracing status")
+TRACING_STATUSES: dict[bool, Code] = {
+    False: private("TRACE-FULL", "Full two-stage tracing (anatomical priors used)"),
+    True: private("TRACE-DEGRADED", "Degraded: Stage 0 priors failed, heatmaps alone"),
+}
+
 # --- traced structures (SEG segments, GSPS/SC drawings) --------------------------------------
 ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
 STRUCTURES: dict[str, Code] = {

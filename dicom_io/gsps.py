@@ -52,6 +52,13 @@ def measurement_text(m: Measurement) -> str:
     return text
 
 
+def degraded_note(result: InferenceResult) -> str | None:
+    if not result.degraded:
+        return None
+    s0 = result.stage0
+    return f"DEGRADED tracing: Stage 0 {s0.failed_phase or ''} failed ({s0.reason or 'no reason given'})"[:200]
+
+
 def key_lines(analysis: Analysis) -> list[str]:
     lines = []
     by_key = {m.key: m for m in analysis.computed}
@@ -118,7 +125,9 @@ def build_gsps(
                                            tracking_id=f"{name} line",
                                            tracking_uid=derived_uid(src_uid, pack_version, f"gsps-line-{name}")))
 
-    lines = key_lines(analysis) + [f"cephnode {pack_name} {pack_version}: automated tracing, verify before use"]
+    note = degraded_note(result)
+    lines = ([note] if note else []) + key_lines(analysis) + [
+        f"cephnode {pack_name} {pack_version}: automated tracing, verify before use"]
     line_h = max(14.0, rows / 45)
     width = cols * 0.48
     x0 = 0.02 * cols if _face_points_right(result) else cols - width - 0.02 * cols

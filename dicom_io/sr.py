@@ -9,7 +9,8 @@ Layout (shared/spec/dicom-output.md):
   (OHIF draws the first SCOORD of a group and labels it with the NUM's meaning, value, unit) and
   the analysis as its method; normality and caveats as coded evaluations; measurements the
   analysis left out get a group that says why, with no NUM;
-- one TID 1501 group with the classifications as coded evaluations;
+- one TID 1501 group with the classifications as coded evaluations, one with the tracing status
+  (full, or degraded when Stage 0 failed);
 - the Image Library listing the source image; algorithm name + pack version on every group.
 
 SCOORD convention: DICOM puts (0, 0) at the top-left CORNER of the first pixel, landmarks are
@@ -164,6 +165,16 @@ def _classification_group(analysis: Analysis, track_uid: str, algo) -> Measureme
     )
 
 
+def _process_group(result: InferenceResult, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
+    """Whether Stage 0 worked: a degraded tracing deserves a closer look by the reader."""
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=track_uid, identifier="Tracing status"),
+        finding_type=codes.TRACING_PROCESS,
+        algorithm_id=algo,
+        qualitative_evaluations=[QualitativeEvaluation(codes.TRACING_STATUS, codes.TRACING_STATUSES[bool(result.degraded)])],
+    )
+
+
 def build_sr(
     source: Dataset,
     result: InferenceResult,
@@ -191,6 +202,7 @@ def build_sr(
     for m in analysis.measurements:
         groups.append(_measurement_group(m, source, uid(f"sr-track-measurement-{m.key}"), algo))
     groups.append(_classification_group(analysis, uid("sr-track-classification"), algo))
+    groups.append(_process_group(result, uid("sr-track-process"), algo))
 
     observer = ObserverContext(
         observer_type=dcm_codes.DCM.Device,

@@ -180,7 +180,10 @@ def build_tracing_sheet(
     series_number: int,
 ) -> hd.sc.SCImage:
     grey = read_dicom_image(source).pixels
-    sheet = render_sheet(grey, result, analysis, title=f"Cephalometric analysis - cephnode {pack_name} {pack_version}")
+    title = f"Cephalometric analysis - cephnode {pack_name} {pack_version}"
+    if result.degraded:
+        title += f" - DEGRADED (Stage 0 {result.stage0.failed_phase or ''} failed)"
+    sheet = render_sheet(grey, result, analysis, title=title)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=sheet,

@@ -142,3 +142,35 @@ def test_tracing_sheet_shows_the_tracing_and_a_colour_coded_table(case, objects)
     for m in analysis.computed:
         expected.add("no-norm" if m.status == "no-norm" else {0: "within", 1: "sev1", 2: "sev2"}[m.severity])
     assert present == expected
+
+
+def test_a_source_without_spacing_or_orientation_still_gives_valid_objects(tmp_path):
+    """Real CR/DX headers often lack Imager Pixel Spacing or Patient Orientation: every object must
+    still be valid (mm values left out, Image Library without the projection descriptors)."""
+    c = isbi_report_case("008", spacing=False)
+    c.source.PatientOrientation = ""
+    made = build_outputs(c.source, c.result, pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    for ds in made:
+        path = tmp_path / f"{ds.Modality}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        report = dciodvfy(path)
+        assert report.errors == [], (ds.Modality, report.errors)
+        assert report.unexpected_warnings(DCIODVFY_EXPLAINED) == [], ds.Modality
+
+
+def test_a_degraded_tracing_is_said_so_in_every_object():
+    c = isbi_report_case("009")
+    c.result.degraded = True
+    c.result.stage0.ok, c.result.stage0.failed_phase, c.result.stage0.reason = False, "0A", "profile mask too small"
+    sr, _, gsps, sc = build_outputs(c.source, c.result, pack_name="p", pack_version="v")
+    report = hd.sr.ComprehensiveSR.from_dataset(sr).content
+    status = [qe.value.value for g in report.get_image_measurement_groups()
+              for qe in g.get_qualitative_evaluations() if qe.name.value == codes.TRACING_STATUS.value]
+    assert status == [codes.TRACING_STATUSES[True].value]
+    texts = [t.UnformattedTextValue for a in gsps.GraphicAnnotationSequence for t in a.get("TextObjectSequence", [])]
+    assert any(t.startswith("DEGRADED tracing: Stage 0 0A failed (profile mask too small)") for t in texts)
+    # the title of the sheet is drawn in ink: a degraded sheet differs from a normal one there
+    c.result.degraded = False
+    normal = build_outputs(c.source, c.result, kinds="sc", pack_name="p", pack_version="v")[0]
+    cols = c.source.Columns
+    assert (sc.pixel_array[:40, cols:] != normal.pixel_array[:40, cols:]).any()
