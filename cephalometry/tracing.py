@@ -29,6 +29,10 @@ REFERENCE_LINES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+class NothingTraced(ValueError):
+    """No structure could be traced (no Stage 0 contour and too few landmarks)."""
+
+
 @dataclass(frozen=True)
 class TracedStructure:
     key: str

@@ -138,12 +138,11 @@ def build_gsps(
             break
         texts.append(hd.pr.TextObject(text[:1024], PIXEL, bounding_box=(x0, y0, x0 + width, y0 + line_h)))
 
+    content = {"LANDMARKS": (lm_graphics, lm_texts), "TRACING": (tracing, []), "MEASUREMENTS": ([], texts)}
     annotations = [
-        hd.pr.GraphicAnnotation([source], layers["LANDMARKS"], graphic_objects=lm_graphics or None, text_objects=lm_texts or None),
-        hd.pr.GraphicAnnotation([source], layers["TRACING"], graphic_objects=tracing or None),
-        hd.pr.GraphicAnnotation([source], layers["MEASUREMENTS"], text_objects=texts or None),
+        hd.pr.GraphicAnnotation([source], layers[name], graphic_objects=g or None, text_objects=t or None)
+        for name, (g, t) in content.items() if g or t     # a layer with nothing to show is left out
     ]
-    annotations = [a for a in annotations if "GraphicObjectSequence" in a or "TextObjectSequence" in a]
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
         series_instance_uid=series_uid,

@@ -13,6 +13,7 @@ import structlog
 from pydicom.dataset import Dataset
 
 from cephalometry.analysis import Analysis, analyse
+from cephalometry.tracing import NothingTraced
 from dicom_io.uids import derived_uid
 from inference.result import InferenceResult
 
@@ -29,6 +30,10 @@ _BUILDERS: dict[str, tuple[str, str, int]] = {
     "sc": ("dicom_io.tracing_sheet", "build_tracing_sheet", 9004),
 }
 assert tuple(_BUILDERS) == OUTPUT_KINDS
+
+
+def _kind(ds: Dataset) -> str:
+    return {"SR": "sr", "SEG": "seg", "PR": "gsps"}.get(str(ds.get("Modality", "")), "sc")
 
 
 def parse_kinds(kinds: str | Iterable[str]) -> tuple[str, ...]:
@@ -58,21 +63,26 @@ def build_outputs(
     pack_version: str,
     analysis: Analysis | None = None,
 ) -> list[Dataset]:
-    """The objects of `kinds` for one source image, in OUTPUT_KINDS order."""
+    """The objects of `kinds` for one source image, in OUTPUT_KINDS order. A SEG with nothing
+    traced is left out (logged) rather than failing the SR and the others."""
     wanted = parse_kinds(kinds)
     analysis = analysis if analysis is not None else analyse(result)
     out = []
     for kind in wanted:
         module, func, number = _BUILDERS[kind]
         build = getattr(importlib.import_module(module), func)
-        ds = build(
-            source, result, analysis, pack_name=pack_name, pack_version=pack_version,
-            series_uid=series_uid(source, pack_version, kind), sop_uid=instance_uid(source, pack_version, kind),
-            series_number=number,
-        )
+        try:
+            ds = build(
+                source, result, analysis, pack_name=pack_name, pack_version=pack_version,
+                series_uid=series_uid(source, pack_version, kind), sop_uid=instance_uid(source, pack_version, kind),
+                series_number=number,
+            )
+        except NothingTraced as exc:
+            log.warning("output_skipped", kind=kind, reason=str(exc), source_sop_uid=str(source.SOPInstanceUID))
+            continue
         out.append(ds)
     log.info(
-        "outputs_built", kinds=list(wanted), study_uid=str(source.get("StudyInstanceUID", "")),
+        "outputs_built", kinds=[k for k in wanted if k in {_kind(d) for d in out}], study_uid=str(source.get("StudyInstanceUID", "")),
         source_sop_uid=str(source.SOPInstanceUID), sop_uids=[str(d.SOPInstanceUID) for d in out],
         measurements=len(analysis.computed), omitted=len(analysis.omitted), pack_version=pack_version,
     )

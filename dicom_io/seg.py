@@ -12,7 +12,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from cephalometry.analysis import Analysis
-from cephalometry.tracing import TracedStructure, traced_structures
+from cephalometry.tracing import NothingTraced, TracedStructure, traced_structures
 from dicom_io import codes
 from dicom_io.uids import derived_uid
 from inference.result import InferenceResult
@@ -57,7 +57,7 @@ def build_seg(
     shape = (int(source.Rows), int(source.Columns))
     structures = traced_structures(result)
     if not structures:
-        raise ValueError("nothing was traced: no Stage 0 contour and too few landmarks for any structure")
+        raise NothingTraced("no Stage 0 contour and too few landmarks for any structure")
     width = band_width_px(result)
     masks, descriptions = [], []
     algo = hd.AlgorithmIdentificationSequence(
@@ -79,6 +79,8 @@ def build_seg(
             tracking_id=f"{s.name} ({s.source})"[:64],
             display_color=hd.color.CIELabColor.from_rgb(*_COLOURS[s.key]) if hasattr(hd.color.CIELabColor, "from_rgb") else None,
         ))
+    if not masks:
+        raise NothingTraced("every traced structure lies outside the image")
     pixel_array = np.stack(masks, axis=-1)[np.newaxis]           # (frames=1, rows, cols, segments)
     seg = hd.seg.Segmentation(
         source_images=[source],

@@ -174,3 +174,13 @@ def test_a_degraded_tracing_is_said_so_in_every_object():
     normal = build_outputs(c.source, c.result, kinds="sc", pack_name="p", pack_version="v")[0]
     cols = c.source.Columns
     assert (sc.pixel_array[:40, cols:] != normal.pixel_array[:40, cols:]).any()
+
+
+def test_nothing_to_trace_leaves_the_seg_out_but_keeps_the_others():
+    c = isbi_report_case("010")
+    for lm in c.result.landmarks:
+        if lm.name not in ("S", "A", "Pog", "UL"):      # one point per structure: nothing to draw
+            lm.x = lm.y = None
+            lm.level, lm.predicted = "unavailable", False
+    made = build_outputs(c.source, c.result, pack_name="p", pack_version="v")
+    assert [d.Modality for d in made] == ["SR", "PR", "OT"]
