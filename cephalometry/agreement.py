@@ -23,6 +23,7 @@ class AgreementRow:
     unit: str
     cases: int                 # cases where both observers' value exists
     mean_abs_diff: float | None
+    mean_diff: float | None    # first minus second observer: a systematic offset shows here
     sd_diff: float | None      # SD of the signed differences
     omitted_reason: str = ""
 
@@ -41,10 +42,23 @@ def agreement_table(pairs: list[tuple[Analysis, Analysis]]) -> list[AgreementRow
         rows.append(AgreementRow(
             m0.key, m0.name, m0.unit, len(diffs),
             float(np.mean(np.abs(d))) if len(d) else None,
+            float(np.mean(d)) if len(d) else None,
             float(np.std(d, ddof=1)) if len(d) > 1 else None,
             "" if len(d) else m0.omitted_reason,
         ))
     return rows
+
+
+def classification_agreement(pairs: list[tuple[Analysis, Analysis]]) -> dict[str, tuple[int, int]]:
+    """classification name -> (cases where both observers put it in the same category, cases)."""
+    out: dict[str, tuple[int, int]] = {}
+    for a, b in pairs:
+        for ca, cb in zip(a.classifications, b.classifications):
+            if ca.category is None or cb.category is None:
+                continue
+            same, n = out.get(ca.name, (0, 0))
+            out[ca.name] = (same + (ca.category == cb.category), n + 1)
+    return out
 
 
 def isbi_pairs(cases) -> list[tuple[Analysis, Analysis]]:
@@ -67,12 +81,13 @@ def isbi_pairs(cases) -> list[tuple[Analysis, Analysis]]:
 
 
 def markdown(rows: list[AgreementRow]) -> str:
-    lines = ["| measurement | unit | cases | mean abs difference | SD of difference |", "|---|---|---|---|---|"]
+    lines = ["| measurement | unit | cases | mean abs difference | mean difference (1st - 2nd) | SD of difference |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         if r.mean_abs_diff is None:
-            lines.append(f"| {r.name} | {r.unit} | 0 | left out: {r.omitted_reason} | |")
+            lines.append(f"| {r.name} | {r.unit} | 0 | left out: {r.omitted_reason} | | |")
         else:
-            lines.append(f"| {r.name} | {r.unit} | {r.cases} | {r.mean_abs_diff:.2f} | {r.sd_diff:.2f} |")
+            lines.append(f"| {r.name} | {r.unit} | {r.cases} | {r.mean_abs_diff:.2f} | {r.mean_diff:+.2f} | {r.sd_diff:.2f} |")
     return "\n".join(lines)
 
 
@@ -80,11 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     from training import isbi
 
     argv = sys.argv[1:] if argv is None else argv
-    rows = agreement_table(isbi_pairs(isbi.load_cases(exclude_duplicates=True)))
+    pairs = isbi_pairs(isbi.load_cases(exclude_duplicates=True))
+    rows = agreement_table(pairs)
+    classes = classification_agreement(pairs)
     if "--json" in argv:
-        print(json.dumps([r.__dict__ for r in rows], indent=1))
+        print(json.dumps({"measurements": [r.__dict__ for r in rows],
+                          "classifications": {k: {"same": s, "cases": n} for k, (s, n) in classes.items()}}, indent=1))
     else:
         print(markdown(rows))
+        print()
+        print("| classification | same category (senior vs junior) |")
+        print("|---|---|")
+        for name, (same, n) in classes.items():
+            print(f"| {name} | {same}/{n} ({100 * same / n:.0f} %) |")
     return 0
 
 
