@@ -56,7 +56,9 @@ def _resolve_paths(cfg: NodeConfig, base: Path) -> None:
     """Relative paths in a file are relative to that file's folder, not to wherever the
     service happens to be started from."""
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else base / p
+        if p is None or p.is_absolute():
+            return p
+        return base / p
 
     st = cfg.storage
     st.data_dir = fix(st.data_dir)  # type: ignore[assignment]

@@ -237,7 +237,7 @@ class JobStore:
             db.execute("UPDATE jobs SET state='queued', error=?, updated_at=? WHERE id=?", (error, time.time(), job_id))
 
     def finish_processing(self, job_id: int, outputs: list[dict[str, Any]], deliveries: list[dict[str, Any]],
-                          timings: dict[str, float]) -> str:
+                          timings: dict[str, float], *, note: str | None = None) -> str:
         """Record the produced objects and queue their deliveries in one transaction.
         Returns the job's new state (delivering, or done when nothing is to be sent)."""
         now = time.time()
@@ -249,8 +249,9 @@ class JobStore:
                     " sop_class, path, state, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?, 'pending', ?)",
                     (job_id, d["destination"], d["ae_title"], d["host"], d["port"], d["kind"], d["sop_uid"],
                      d["sop_class"], d["path"], now))
-            db.execute("UPDATE jobs SET state=?, error=NULL, outputs=?, timings=?, updated_at=?, finished_at=? WHERE id=?",
-                       (state, json.dumps(outputs), json.dumps(timings), now, now if state == "done" else None, job_id))
+            db.execute("UPDATE jobs SET state=?, error=?, outputs=?, timings=?, updated_at=?, finished_at=? WHERE id=?",
+                       (state, note, json.dumps(outputs), json.dumps(timings), now, now if state == "done" else None,
+                        job_id))
         return state
 
     # ---- delivery ---------------------------------------------------------------------
@@ -298,7 +299,7 @@ class JobStore:
             db.execute("UPDATE jobs SET state='failed', error=?, updated_at=?, finished_at=? WHERE id=?",
                        ("delivery failed: " + "; ".join(errors), now, now, job_id))
             return "failed"
-        db.execute("UPDATE jobs SET state='done', error=NULL, updated_at=?, finished_at=? WHERE id=?", (now, now, job_id))
+        db.execute("UPDATE jobs SET state='done', updated_at=?, finished_at=? WHERE id=?", (now, now, job_id))
         return "done"
 
     # ---- restart and operator commands ------------------------------------------------

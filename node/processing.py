@@ -59,6 +59,7 @@ class Processor:
 
     def run(self, job: Job) -> str:
         """Process one claimed job; returns its new state."""
+        self.notes: list[str] = []
         timings: dict[str, float] = {}
         ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
         log.info("job_started", **ctx)
@@ -80,7 +81,8 @@ class Processor:
             return "failed"
         deliveries = self._deliveries(job, objects)
         timings["total_ms"] = _ms(t_all)
-        state = self.store.finish_processing(job.id, [o.__dict__ for o in objects], deliveries, timings)
+        state = self.store.finish_processing(job.id, [o.__dict__ for o in objects], deliveries, timings,
+                                             note="; ".join(self.notes) or None)
         log.info("job_processed", **ctx, state=state, objects=len(objects), deliveries=len(deliveries),
                  degraded=bool(getattr(result, "degraded", False)), timings_ms=timings, **phi_fields(ds))
         return state
@@ -119,7 +121,11 @@ class Processor:
         folder = self.outbox / safe_name(job.study_uid) / safe_name(job.sop_uid)
         write_atomic(folder / "result.json", json.dumps(result.to_dict(), indent=1).encode())
         produced: list[ProducedObject] = []
-        for kind, out in build_result_objects(ds, result, kinds=self.kinds, pack=self.pipeline.pack):
+        built = build_result_objects(ds, result, kinds=self.kinds, pack=self.pipeline.pack)
+        if not built.objects and built.problems:
+            raise JobFailed("no result object could be built: " + "; ".join(f"{k}: {v}" for k, v in built.problems.items()))
+        self.notes = [f"{k} not built: {v}" for k, v in built.problems.items()]
+        for kind, out in built.objects:
             path = folder / f"{kind}-{safe_name(str(out.SOPInstanceUID))}.dcm"
             buf = BytesIO()
             out.save_as(buf, enforce_file_format=True)

@@ -69,13 +69,14 @@ def test_missing_files_and_bad_toml(tmp_path):
 
 def test_secrets_come_from_the_environment(tmp_path):
     f = tmp_path / "d.toml"
-    f.write_text('[[destinations]]\nname = "main-pacs"\nae_title = "P"\nhost = "h"\nport = 104\n')
+    f.write_text('[storage]\ndata_dir = "/srv/cephnode"\n[[destinations]]\nname = "main-pacs"\nae_title = "P"\nhost = "h"\nport = 104\n')
     env = {destination_password_env("main-pacs"): "s3cret", "CEPHNODE_TLS_KEY_PASSWORD": "k"}
     cfg = load_config(f, env=env)
     assert destination_password_env("main-pacs") == "CEPHNODE_DEST_MAIN_PACS_KEY_PASSWORD"
     assert cfg.destinations[0].tls.key_password.get_secret_value() == "s3cret"
     assert cfg.listen.tls.key_password.get_secret_value() == "k"
     assert "s3cret" not in repr(cfg)
+    assert cfg.storage.data_dir == Path("/srv/cephnode")  # absolute paths stay as they are
 
 
 def test_retry_backoff_is_exponential_and_capped():

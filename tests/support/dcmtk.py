@@ -10,15 +10,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import pydicom
+
 from tests.support.orthanc import free_port
+
+
+# storescu proposes only uncompressed syntaxes unless told which compressed one to offer.
+_PROPOSE_OPTION = {
+    "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx", "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu", "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw", "1.2.840.10008.1.2.5": "-xr",
+}
 
 
 def storescu(files: Sequence[str | Path], port: int, *, called_ae: str, calling_ae: str = "MODALITY",
              host: str = "127.0.0.1", extra: Sequence[str] = (), timeout: float = 300) -> subprocess.CompletedProcess:
-    """Send files in one association. Does not raise: check .returncode / .stderr.
+    """Send files: one storescu run (one association) per compressed transfer syntax among them,
+    proposing that syntax, plus one for the uncompressed files. Does not raise: check
+    .returncode (the worst of the runs) and .stderr (all of them).
     `-nh` (no halt) makes storescu go on after a refused instance, like a real modality batch."""
-    cmd = ["storescu", "-nh", "-aet", calling_ae, "-aec", called_ae, *extra, host, str(port), *map(str, files)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    groups: dict[str, list[str]] = {}
+    for f in files:
+        try:
+            ts = str(pydicom.dcmread(str(f), stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        except Exception:
+            ts = ""
+        groups.setdefault(_PROPOSE_OPTION.get(ts, ""), []).append(str(f))
+    rc, out, err = 0, [], []
+    for option, group in groups.items():
+        cmd = ["storescu", "-nh", *([option] if option else []), "-aet", calling_ae, "-aec", called_ae,
+               *extra, host, str(port), *group]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        rc = max(rc, res.returncode)
+        out.append(res.stdout)
+        err.append(res.stderr)
+    return subprocess.CompletedProcess(["storescu"], rc, "".join(out), "".join(err))
 
 
 def echoscu(port: int, *, called_ae: str, calling_ae: str = "MODALITY", host: str = "127.0.0.1",

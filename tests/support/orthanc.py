@@ -178,17 +178,19 @@ def start_orthanc(
     always_allow_store: bool = True,
     extra_config: dict[str, Any] | None = None,
     startup_timeout: float = 60.0,
+    dicom_port: int | None = None,
 ) -> OrthancServer:
     """Start Orthanc with its storage in `workdir` and wait until its REST API answers.
 
     modalities: DicomModalities name -> (AE title, host, port), the peers Orthanc may send to.
     lua: the text of a Lua script (see autoroute_lua) installed as LuaScripts.
+    dicom_port: a fixed DICOM port (e.g. to bring a destination 'back' where the node expects it).
     """
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     storage = root / "storage"
     storage.mkdir(exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     while http_port == dicom_port:
         http_port = free_port()
     config: dict[str, Any] = {
