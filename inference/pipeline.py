@@ -195,57 +195,88 @@ class Pipeline:
         return out
 
     def _stage0(self, prep: _Prepared) -> None:
+        """Phases 0A-0E. A phase that cannot produce its output (or raises) marks Stage 0 failed
+        with its name and reason; later phases still run where they can (their contours and
+        anchors are useful diagnostics), but Stage 1 then gets zeroed attention maps."""
         t = prep.timer
-        failed: tuple[str, str] | None = None
+        failed: list[tuple[str, str]] = []
+
+        def fail(phase: str, exc: BaseException | str) -> None:
+            if isinstance(exc, BaseException) and not isinstance(exc, StageFailure):
+                log.warning("stage0_error", image=prep.name, phase=phase, error=repr(exc), exc_info=True)
+                exc = f"{type(exc).__name__}: {exc}"
+            failed.append((phase, str(exc.reason if isinstance(exc, StageFailure) else exc)))
+
+        mask = np.zeros((WORK, WORK), bool)
         profile = None
+        contours: dict[str, np.ndarray] = {}
+        lines: dict[str, np.ndarray] = {}
+        anchors: dict[str, np.ndarray] = {}
+        simplified: dict[str, np.ndarray] = {}
+        prof_pts: dict[str, np.ndarray] = {}
         with t.phase("0A"):
-            out = self._net(prep, contract.PROFILE.key, prep.canon_grey[None, None])
-            mask = profile_mask(out)
-        with t.phase("0B"):
             try:
-                profile = analyse_profile(mask)
-            except StageFailure as exc:
-                failed = (exc.phase, exc.reason)
-            boxes = zone_boxes(profile)
+                mask = profile_mask(self._net(prep, contract.PROFILE.key, prep.canon_grey[None, None]))
+            except Exception as exc:
+                fail("0A", exc)
+        with t.phase("0B"):
+            if not failed:
+                try:
+                    profile = analyse_profile(mask)
+                except StageFailure as exc:
+                    failed.append((exc.phase, exc.reason))
+                except Exception as exc:
+                    fail("0B", exc)
+            boxes = zone_boxes(profile)              # fallback boxes when 0A/0B failed
+            if profile is not None:
+                prof_pts = {k: np.array(v) for k, v in profile.points.items()}
         with t.phase("0C"):
-            contours, _src = run_zones(prep.canon_grey, boxes, lambda k, x: self._net(prep, k, x))
-            if failed is None and not any(c in contours for c in PRIMARY):
-                failed = ("0C", "no primary contour found (cranial base, mandibular border, palatal plane, symphysis)")
+            try:
+                contours, _src = run_zones(prep.canon_grey, boxes, lambda k, x: self._net(prep, k, x))
+                if not any(c in contours for c in PRIMARY):
+                    failed.append(("0C", "no primary contour found (cranial base, mandibular border, "
+                                         "palatal plane, symphysis)"))
+            except Exception as exc:
+                fail("0C", exc)
         with t.phase("0D"):
-            lines = {c: band_midline(p) for c, p in contours.items()}
-            px_mm = work_px_per_mm(prep.work.width, prep.work.height, prep.pixel_spacing_mm)
-            prof_pts = {k: np.array(v) for k, v in (profile.points.items() if profile else [])}
-            anchors, simplified = find_anchors(lines, prof_pts.get("Prn"), px_mm, prof_pts.get("Pog_soft"))
-            if "Prn" in prof_pts:
-                anchors["Prn"] = prof_pts["Prn"]
-            if failed is None and len(anchors) <= 1:
-                failed = ("0D", "no anchor could be placed on the traced contours")
+            try:
+                lines = {c: band_midline(p) for c, p in contours.items()}
+                px_mm = work_px_per_mm(prep.work.width, prep.work.height, prep.pixel_spacing_mm)
+                anchors, simplified = find_anchors(lines, prof_pts.get("Prn"), px_mm, prof_pts.get("Pog_soft"))
+                if "Prn" in prof_pts:
+                    anchors["Prn"] = prof_pts["Prn"]
+                if contours and len(anchors) <= 1:
+                    failed.append(("0D", "no anchor could be placed on the traced contours"))
+            except Exception as exc:
+                fail("0D", exc)
         points = np.full((25, 2), np.nan)
         with t.phase("0E"):
-            mlp_points: dict[str, np.ndarray] = {}
-            if failed is None:
-                mlp = self._net(prep, contract.PHASE0E.key, anchor_vector(anchors))
-                if not np.isfinite(mlp).all():
-                    failed = ("0E", "anchor MLP returned non-finite values")
-                else:
-                    mlp_points = derived_points(mlp)
-                    for n, p in mlp_points.items():
-                        points[INDEX[n]] = p
-                    for n, p in anchors.items():
-                        points[INDEX[n]] = p
-                    for n in PROFILE_OVERWRITES:
-                        if n in prof_pts:
-                            points[INDEX[n]] = prof_pts[n]
-            if failed is not None:
+            if not failed:
+                try:
+                    mlp = self._net(prep, contract.PHASE0E.key, anchor_vector(anchors))
+                    if not np.isfinite(mlp).all():
+                        failed.append(("0E", "anchor MLP returned non-finite values"))
+                    else:
+                        for n, p in derived_points(mlp).items():
+                            points[INDEX[n]] = p
+                        for n, p in anchors.items():
+                            points[INDEX[n]] = p
+                        for n in PROFILE_OVERWRITES:
+                            if n in prof_pts:
+                                points[INDEX[n]] = prof_pts[n]
+                except Exception as exc:
+                    fail("0E", exc)
+            if failed:
                 points[:] = np.nan          # zeroed attention: Stage 1 runs without priors
+        first_failure = failed[0] if failed else None
         prep.prior_points = points
         prep.rule_points = {"0B": prof_pts, "0D": anchors,
                             "0E": {n: points[INDEX[n]] for n in CANONICAL_25 if np.isfinite(points[INDEX[n]]).all()}}
         with t.phase("diagnostics"):
             prep.diag = Stage0Diagnostics(
-                ok=failed is None,
-                failed_phase=failed[0] if failed else None,
-                reason=failed[1] if failed else None,
+                ok=first_failure is None,
+                failed_phase=first_failure[0] if first_failure else None,
+                reason=first_failure[1] if first_failure else None,
                 profile_pixels=profile.pixels if profile else int(mask.sum()),
                 anchors={n: self._to_original_tuple(prep, anchors.get(n)) for n in ("S", "N", "Me", "ANS", "Go", "Pog", "Prn")},
                 zone_boxes={k: tuple(int(v) for v in b) for k, b in boxes.items()},

@@ -7,7 +7,6 @@ several worker threads.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +85,6 @@ class ModelSessions:
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.io: dict[str, IOInfo] = {}
         self.providers: dict[str, list[str]] = {}
-        self._lock = threading.Lock()
         providers = requested_providers(device)
         self.gpu_unavailable_reason = ""
         if len(providers) > 1:

@@ -182,3 +182,33 @@ def test_working_image_is_pixel_identical_to_the_training_cache(case):
     trained = canonical_image(case.image_path).astype(np.float32) / 255.0
     ours = prepare(cv2.imread(str(case.image_path), cv2.IMREAD_GRAYSCALE)).grey[:, ::-1]
     assert np.abs(trained - ours).max() < 1e-6
+
+
+def test_zone_nets_that_find_nothing_fail_phase_0c(pack_dir, grey):
+    p = Pipeline.load(pack_dir, threads=1)
+    real_run = p.sessions.run
+
+    def no_contours(key, x):          # fault injection on a real pipeline: zone nets say "nothing"
+        out = real_run(key, x)
+        return np.full_like(out, -10.0) if key in ("z1", "z2", "z3", "z4") else out
+
+    p.sessions.run = no_contours
+    r = p.run(grey)
+    assert r.degraded and r.stage0.failed_phase == "0C" and "no primary contour" in r.stage0.reason
+    assert r.stage0.contours == {} and r.stage0.anchors["Prn"] is not None     # 0B still reported
+    assert all(lm.level == "low" for lm in r.landmarks)                       # zeroed priors
+
+
+def test_a_network_error_in_stage0_degrades_instead_of_crashing(pack_dir, grey):
+    p = Pipeline.load(pack_dir, threads=1)
+    real_run = p.sessions.run
+
+    def broken(key, x):
+        if key == "phase0e":
+            raise RuntimeError("simulated ONNX Runtime failure")
+        return real_run(key, x)
+
+    p.sessions.run = broken
+    r = p.run(grey)
+    assert r.degraded and r.stage0.failed_phase == "0E" and "simulated ONNX Runtime failure" in r.stage0.reason
+    assert len(r.landmarks) == 25 and "stage1" in r.timings_ms
