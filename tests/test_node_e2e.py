@@ -1,0 +1,131 @@
+"""End to end with real peers: dcmtk storescu (the modality) -> Orthanc (the archive) -> Lua
+auto-routing -> the node (a separate `cephnode serve` process) -> its SR/SEG/GSPS back into
+Orthanc -> read through Orthanc's REST API and checked against direct inference on the very
+same pixels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.uid import generate_uid
+
+from dicom_io.pixels import read_dicom_image
+from dicom_io.uids import derived_uid
+from tests.support import dicomgen
+from tests.support.dcmtk import storescu
+from tests.support.nodeproc import make_node, test_model_pack
+from tests.support.orthanc import autoroute_lua, free_port, start_orthanc
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = ("monochrome1", "window16", "jpeg2000", "mirrored", "rotated")
+TRACKING_IDENTIFIER = "112039"  # DCM code of the TID 1410 Tracking Identifier
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    return test_model_pack(tmp_path_factory.mktemp("pack"))
+
+
+def sr_landmark_points(sr) -> dict[str, tuple[float, float]]:
+    """Landmark name -> (x, y) in pixel-centre coordinates, from the SR's planar-ROI groups
+    (tracking identifier 'Landmark <name>' with one SCOORD POINT; SCOORD is corner-based)."""
+    points: dict[str, tuple[float, float]] = {}
+
+    def walk(items) -> None:
+        for item in items:
+            children = list(item.get("ContentSequence", []))
+            if item.ValueType == "CONTAINER":
+                name = None
+                for ch in children:
+                    if ch.ValueType == "TEXT" and ch.ConceptNameCodeSequence[0].CodeValue == TRACKING_IDENTIFIER:
+                        name = str(ch.TextValue)
+                scoords = [ch for ch in children if ch.ValueType == "SCOORD" and ch.GraphicType == "POINT"]
+                if name and name.startswith("Landmark ") and scoords:
+                    x, y = (float(v) for v in scoords[0].GraphicData[:2])
+                    points[name.split()[1]] = (x - 0.5, y - 0.5)
+            walk(children)
+
+    walk(sr.ContentSequence)
+    return points
+
+
+def test_routed_cephs_come_back_traced_like_direct_inference(tmp_path, pack):
+    node_port = free_port()
+    lua = autoroute_lua("cephnode", skip_aets=("CEPHNODE",))
+    modalities = {"cephnode": ("CEPHNODE", "127.0.0.1", node_port)}
+    with start_orthanc(tmp_path / "pacs", modalities=modalities, lua=lua) as pacs:
+        node = make_node(
+            tmp_path / "node", port=node_port, pack=pack,
+            allowed_callers=[{"ae_title": "ORTHANC", "hosts": ["127.0.0.1"]}],
+            destinations=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port,
+                           "kinds": ["sr", "seg", "gsps"]}])
+        with node:
+            node.start(calling_ae="ORTHANC")
+            img = dicomgen.isbi_image("151", scale=0.5)
+            study_uid = generate_uid()
+            sources = {v: dicomgen.ceph_variant(img, v, study_uid=study_uid) for v in VARIANTS}
+            # a frontal (PA) view in the same study: acknowledged, kept, not traced
+            pa = dicomgen.make_dx(img, study_uid=study_uid, series_description="PA CEPH")
+            pa.ViewPosition = "PA"
+            files = [dicomgen.save(ds, tmp_path / "modality" / f"{v}.dcm") for v, ds in sources.items()]
+            files.append(dicomgen.save(pa, tmp_path / "modality" / "pa.dcm"))
+            sent = storescu(files, pacs.dicom_port, called_ae="ORTHANC", calling_ae="CEPHSTAT")
+            assert sent.returncode == 0, sent.stderr
+
+            kinds = ("sr", "seg", "gsps")
+            n_expected = len(files) + len(VARIANTS) * len(kinds)
+            pacs.wait_for_instances(n_expected, timeout=600)
+            status = node.wait_for(lambda s: s["jobs"].get("done", 0) == len(VARIANTS) and s["queue_depth"] == 0,
+                                   what="all jobs done")
+            assert status["instances"] == {"received": len(files), "selected": len(VARIANTS), "skipped": 1,
+                                           "duplicates": 0}
+            assert status["deliveries"] == {"done": len(VARIANTS) * len(kinds)}
+            assert any(e.get("event") == "instance_skipped" and "view position PA" in e.get("reason", "")
+                       for e in node.log_events())
+
+            from node.jobstore import JobStore
+
+            received_ts = {r["sop_uid"]: r["transfer_syntax"] for r in JobStore(node.db_path).instances()}
+            assert received_ts[str(sources["jpeg2000"].SOPInstanceUID)] == "1.2.840.10008.1.2.4.90"  # as sent
+
+            from inference.pipeline import Pipeline
+
+            pipeline = Pipeline.load(pack, device="cpu", threads=1)
+            version = pipeline.pack.version
+            in_pacs = pacs.instances_by_sop_uid()
+            assert len(in_pacs) == n_expected  # nothing doubled
+            for variant, source in sources.items():
+                src_uid = str(source.SOPInstanceUID)
+                for kind in kinds:
+                    assert str(derived_uid(src_uid, version, kind)) in in_pacs, (variant, kind)
+                sr = pacs.dataset(in_pacs[str(derived_uid(src_uid, version, "sr"))])
+                assert sr.StudyInstanceUID == study_uid and sr.SeriesInstanceUID != source.SeriesInstanceUID
+                assert sr.PatientID == source.PatientID
+                got = sr_landmark_points(sr)
+
+                image = read_dicom_image(source)
+                direct = pipeline.run(image.pixels, pixel_spacing_mm=image.pixel_spacing_mm,
+                                      patient_orientation=image.patient_orientation, name=src_uid)
+                expected = {lm.name: (lm.x, lm.y) for lm in direct.landmarks if lm.available}
+                assert expected, f"{variant}: direct inference found no landmark"
+                assert set(got) == set(expected), variant
+                for name, (x, y) in expected.items():
+                    assert np.allclose(got[name], (x, y), atol=0.01), (variant, name, got[name], (x, y))
+            # the source image must not come back traced in the wrong pose: mirrored and rotated
+            # copies of one picture give the same anatomy, mapped into their own pixel grids
+            h, w = img.shape
+            plain_like = sr_landmark_points(pacs.dataset(in_pacs[str(derived_uid(
+                str(sources["monochrome1"].SOPInstanceUID), version, "sr"))]))
+            mirrored = sr_landmark_points(pacs.dataset(in_pacs[str(derived_uid(
+                str(sources["mirrored"].SOPInstanceUID), version, "sr"))]))
+            common = set(plain_like) & set(mirrored)
+            assert common
+            mirrored_back = np.array([(w - 1 - mirrored[n][0], mirrored[n][1]) for n in sorted(common)])
+            assert np.median(np.linalg.norm(mirrored_back - np.array([plain_like[n] for n in sorted(common)]),
+                                            axis=1)) < 0.05 * w
+
+            log = node.log_text()
+            assert "Test^Ceph" not in log and "CEPH-TEST-001" not in log   # no PHI in logs by default
+            assert src_uid in log                                        # but UIDs are there
+            assert node.terminate() == 0                                 # SIGTERM: a clean stop
+            assert any(e.get("event") == "node_stopped" for e in node.log_events())
