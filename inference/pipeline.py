@@ -24,7 +24,7 @@ import structlog
 from inference import contract
 from inference.anchors import find_anchors, work_px_per_mm
 from inference.decode import decode_heatmaps
-from inference.geometry import HEAT, WORK, from_work, heat_to_work
+from inference.geometry import WORK, from_work, heat_to_work
 from inference.imageio import WorkImage, normalise_input, read_file, thumbnail, work_image
 from inference.landmarks import CANONICAL_25, INDEX, confidence_level
 from inference.orientation import detect_pose, inverse_points, pose_from_patient_orientation
@@ -81,7 +81,6 @@ class _Prepared:
     pixel_spacing_mm: tuple[float, float] | None
     timer: _Timer
     prior_points: np.ndarray = field(default_factory=lambda: np.full((25, 2), np.nan))   # 512 grid
-    stage0_points: dict[str, np.ndarray] = field(default_factory=dict)   # every point Stage 0 found
     rule_points: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     diag: Stage0Diagnostics | None = None
 

@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 
 from inference import contract
-from inference.geometry import WORK
 from inference.profile import CLAHE
 
 ZONE_SPECS = {"z1": contract.ZONE1, "z2": contract.ZONE2, "z3": contract.ZONE3, "z4": contract.ZONE4}

@@ -1,7 +1,6 @@
 """Orientation: Patient Orientation codes, detection from the image, and mapping points back."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np

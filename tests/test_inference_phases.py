@@ -12,7 +12,7 @@ from inference.priors import SIGMAS_256, anchor_vector, attention_maps, derived_
 from inference.profile import (FALLBACK_ZONES, PAD, StageFailure, analyse_profile, profile_mask,
                                profile_points, zone_boxes)
 from inference.zones import band_midline, longest_contour, zone_contours
-from inference.landmarks import ANCHOR_ORDER, CANONICAL_25, DERIVED_ORDER, INDEX
+from inference.landmarks import ANCHOR_ORDER, DERIVED_ORDER, INDEX
 
 
 # ---- 0A ---------------------------------------------------------------------------------------
