@@ -1,9 +1,9 @@
 """Phase 0E: anchor vector for the MLP, and the 25 Gaussian attention maps.
 
 A Gaussian is separable, and bilinear upsampling is separable and linear, so the 512 x 512
-map of each landmark is the outer product of two upsampled 1-D Gaussians. That builds all 25
-channels in one vectorised step, straight into the Stage 1 input buffer, with no 256-grid
-image and no per-landmark Python loop over pixels.
+map of each landmark is the outer product of two upsampled 1-D Gaussians (all 25 computed at
+once), written straight into the Stage 1 input buffer: no 256-grid image, no resize, and no
+Python loop over pixels.
 """
 from __future__ import annotations
 
@@ -64,12 +64,20 @@ def attention_maps(points_work: np.ndarray, out: np.ndarray | None = None) -> np
         out = np.empty((len(pts), WORK, WORK), np.float32)
     have = np.isfinite(pts).all(axis=1)
     c256 = rescale(np.where(have[:, None], pts, 0.0), WORK, HEAT)
-    gx = upsample_1d(gaussians_1d(c256[:, 0], SIGMAS_256))        # (25, 512)
-    gy = upsample_1d(gaussians_1d(c256[:, 1], SIGMAS_256))
+    gx = upsample_1d(gaussians_1d(c256[:, 0], SIGMAS_256)).astype(np.float32)   # (25, 512)
+    gy = upsample_1d(gaussians_1d(c256[:, 1], SIGMAS_256)).astype(np.float32)
     gx[~have] = 0.0
     # Flush the far tails to zero: products of two tiny float32 values are denormals, which
     # make both this multiply and Stage 1's first convolution many times slower on x86.
     gx[gx < 1e-6] = 0.0
     gy[gy < 1e-6] = 0.0
-    np.einsum("ki,kj->kij", gy.astype(np.float32), gx.astype(np.float32), out=out)
+    # Zero everything once, then write each map's non-zero box only: small sigmas cover a
+    # small part of the grid. The loop runs over the 25 landmarks, never over pixels.
+    out.fill(0.0)
+    for i in range(len(pts)):
+        xs = np.flatnonzero(gx[i])
+        ys = np.flatnonzero(gy[i])
+        if xs.size and ys.size:
+            x0, x1, y0, y1 = xs[0], xs[-1] + 1, ys[0], ys[-1] + 1
+            np.multiply(gy[i, y0:y1, None], gx[i, None, x0:x1], out=out[i, y0:y1, x0:x1])
     return out
