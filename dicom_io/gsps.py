@@ -143,6 +143,11 @@ def build_gsps(
         hd.pr.GraphicAnnotation([source], layers[name], graphic_objects=g or None, text_objects=t or None)
         for name, (g, t) in content.items() if g or t     # a layer with nothing to show is left out
     ]
+    # A presentation state replaces the image's own display pipeline: for MONOCHROME1 (bright =
+    # low values) only an INVERSE Presentation LUT keeps bone white; highdicom defaults to IDENTITY.
+    inverse = str(source.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    presentation_lut = hd.PresentationLUTTransformation(
+        presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE if inverse else hd.PresentationLUTShapeValues.IDENTITY)
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
         series_instance_uid=series_uid,
@@ -157,6 +162,7 @@ def build_gsps(
         content_description=f"Cephalometric tracing ({pack_name} {pack_version})"[:64],
         graphic_annotations=annotations,
         graphic_layers=[layers[k] for k in ("LANDMARKS", "TRACING", "MEASUREMENTS")],
+        presentation_lut_transformation=presentation_lut,
         series_description=f"Cephalometric tracing GSPS ({pack_name} {pack_version})"[:64],
     )
     # General Series: with no Body Part Examined dciodvfy cannot tell that the skull is unpaired

@@ -184,3 +184,20 @@ def test_nothing_to_trace_leaves_the_seg_out_but_keeps_the_others():
             lm.level, lm.predicted = "unavailable", False
     made = build_outputs(c.source, c.result, pack_name="p", pack_version="v")
     assert [d.Modality for d in made] == ["SR", "PR", "OT"]
+
+
+@pytest.mark.parametrize("monochrome1, shape", [(False, "IDENTITY"), (True, "INVERSE")])
+def test_gsps_keeps_the_source_display_pipeline(monochrome1, shape):
+    """A GSPS replaces the image's display pipeline: it must carry the source's window and, for
+    MONOCHROME1 detectors, invert, or the viewer shows a wrongly windowed or negative image."""
+    from tests.support.dicomgen import make_dx, read_grey
+    from training import isbi
+
+    c = isbi_report_case("012")
+    case = next(x for x in isbi.load_cases() if x.case_id == "012")
+    src = make_dx(read_grey(case.image_path), bits=12, monochrome1=monochrome1, window=(1800.0, 3000.0),
+                  pixel_spacing_mm=isbi.pixel_spacing_mm())
+    (gsps,) = build_outputs(src, c.result, kinds="gsps", pack_name="p", pack_version="v")
+    assert gsps.PresentationLUTShape == shape
+    voi = gsps.SoftcopyVOILUTSequence[0]
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (1800.0, 3000.0)
