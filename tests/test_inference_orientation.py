@@ -129,3 +129,14 @@ def test_dicom_patient_orientation_beats_image_detection(pipeline):
     assert res.orientation.source == "dicom" and not res.orientation.flipped
     res2 = pipeline.run(img, patient_orientation=("A", "F"))
     assert res2.orientation.source == "dicom" and res2.orientation.flipped
+
+
+def test_full_size_16bit_working_image_is_the_same_in_every_stored_pose():
+    from inference.imageio import normalise_input, work_image
+    grey = cv2.imread(str(isbi.load_cases("train")[7].image_path), cv2.IMREAD_GRAYSCALE)
+    big = cv2.resize(grey, (2000, 2500), interpolation=cv2.INTER_CUBIC).astype(np.uint16) * 250
+    ref = work_image(normalise_input(big)).grey
+    for k, flip in POSES:
+        shown = _transform(big, k, flip)
+        got = work_image(normalise_input(shown), _undo(k, flip)).grey
+        assert np.array_equal(got, ref), (k, flip)
