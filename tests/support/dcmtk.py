@@ -89,12 +89,31 @@ class StoreSCP:
         self.stop()
 
 
-def start_storescp(folder: str | Path, *, ae_title: str = "STORESCP", port: int | None = None) -> StoreSCP:
+def _profile(sop_classes: Sequence[str]) -> str:
+    """A dcmtk association-negotiation profile accepting only these SOP classes (and C-ECHO),
+    uncompressed: a real archive that refuses the rest at presentation-context level."""
+    lines = ["[[TransferSyntaxes]]", "[Uncompressed]",
+             "TransferSyntax1 = 1.2.840.10008.1.2.1", "TransferSyntax2 = 1.2.840.10008.1.2",
+             "", "[[PresentationContexts]]", "[Accepted]"]
+    for i, uid in enumerate([*sop_classes, "1.2.840.10008.1.1"], start=1):
+        lines.append(f"PresentationContext{i} = {uid}\\Uncompressed")
+    lines += ["", "[[Profiles]]", "[Restricted]", "PresentationContexts = Accepted", ""]
+    return "\n".join(lines)
+
+
+def start_storescp(folder: str | Path, *, ae_title: str = "STORESCP", port: int | None = None,
+                   accept_only: Sequence[str] | None = None) -> StoreSCP:
+    """accept_only: SOP Class UIDs; every other SOP class is refused at negotiation."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    extra: list[str] = []
+    if accept_only is not None:
+        cfg = folder.parent / f"{folder.name}-profile.cfg"
+        cfg.write_text(_profile(accept_only))
+        extra = ["-xf", str(cfg), "Restricted"]
     # +B: write directly (no temporary file names appear in the folder); -uf: SOP-UID file names
-    proc = subprocess.Popen(["storescp", "-aet", ae_title, "+B", "-uf", "-od", str(folder), str(port)],
+    proc = subprocess.Popen(["storescp", *extra, "-aet", ae_title, "+B", "-uf", "-od", str(folder), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     scp = StoreSCP(folder, port, ae_title, proc)
     deadline = time.monotonic() + 30

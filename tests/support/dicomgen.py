@@ -197,3 +197,93 @@ def isbi_image(case_id: str = "151", *, scale: float = 1.0) -> np.ndarray:
         h, w = img.shape
         img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return img
+
+
+# ---- corrupt and hostile instances --------------------------------------------------------
+def _file_bytes(ds: Dataset) -> bytes:
+    return _to_bytes(ds)
+
+
+def _with_meta(ds: Dataset, body: bytes) -> bytes:
+    """Valid preamble + file meta of `ds`, followed by an arbitrary dataset body."""
+    from io import BytesIO
+
+    from pydicom.filewriter import write_file_meta_info
+
+    buf = BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, ds.file_meta, enforce_standard=True)
+    return buf.getvalue() + body
+
+
+def hostile_files(folder: str | Path, pixels: np.ndarray) -> dict[str, Path]:
+    """Files a broken or malicious sender could produce. Each has valid file meta (so a
+    sender can still address it) and a damaged dataset. Returns name -> path."""
+    from pydicom.uid import UID
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, bytes] = {}
+
+    good = make_dx(pixels)
+    raw = _file_bytes(good)
+    out["truncated_pixels"] = raw[: len(raw) * 2 // 3]
+    other = make_dx(pixels)  # its own SOP Instance UID
+    meta_len = len(_with_meta(other, b""))
+    out["truncated_header"] = _file_bytes(other)[: meta_len + 180]
+
+    # wrong VR length: Patient's Name (0010,0010) PN claims 0x7FF0 bytes
+    ds = make_dx(pixels)
+    data = bytearray(_file_bytes(ds))
+    i = data.find(b"\x10\x00\x10\x00PN")
+    data[i + 6:i + 8] = (0x7FF0).to_bytes(2, "little")
+    out["wrong_vr_length"] = bytes(data)
+
+    # huge declared sizes: Rows x Columns of 65535 with a few bytes of pixels
+    ds = make_dx(pixels[:64, :64])
+    ds.Rows = ds.Columns = 65535
+    out["huge_dimensions"] = _file_bytes(ds)
+
+    # an element that declares ~4 GB (0xFFFFFFF0 bytes) in the middle of the dataset
+    ds = make_dx(pixels)
+    data = _file_bytes(ds)
+    body_at = len(_with_meta(ds, b""))
+    # a private OB element (0009,1010) inserted between two elements, declaring 0xFFFFFFF0 bytes
+    cut = body_at + data[body_at:].find(b"\x10\x00\x10\x00PN")  # just before Patient's Name
+    huge = b"\x09\x00\x10\x10OB\x00\x00" + (0xFFFFFFF0).to_bytes(4, "little") + b"\x01\x02\x03\x04"
+    out["huge_element_length"] = data[:cut] + huge + data[cut:]
+
+    ds = make_dx(pixels)
+    del ds.PixelData
+    out["no_pixel_data"] = _file_bytes(ds)
+
+    ds = make_dx(pixels)
+    ds.NumberOfFrames = 3
+    ds.PixelData = ds.PixelData * 3
+    out["multi_frame"] = _file_bytes(ds)
+
+    ds = make_dx(pixels)
+    rgb = np.repeat(np.asarray(pixels, np.uint8)[..., None], 3, axis=2)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = rgb.tobytes()
+    out["colour"] = _file_bytes(ds)
+
+    ds = make_dx(pixels)
+    out["garbage_dataset"] = _with_meta(ds, np.random.default_rng(7).integers(0, 256, 4096, np.uint8).tobytes())
+
+    # a transfer syntax this node cannot decode (JPEG 2000 Part 2 multi-component), junk frames
+    ds = make_dx(pixels)
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.92")
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([b"\xff\x0a" + b"\x00" * 98])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    out["undecodable_syntax"] = _file_bytes(ds)
+
+    paths = {}
+    for name, data in out.items():
+        p = folder / f"{name}.dcm"
+        p.write_bytes(data)
+        paths[name] = p
+    return paths
