@@ -55,15 +55,23 @@ def resize_to_work(img: np.ndarray, size: int = WORK) -> np.ndarray:
 
 
 def _intensity_window(img: np.ndarray) -> tuple[float, float]:
-    """Map for non-8-bit data: robust 0.1-99.9 % stretch, estimated on a strided sample."""
-    step = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / 250_000)))
-    sample = img[::step, ::step]
-    lo, hi = np.percentile(sample, (0.1, 99.9))
+    """Map for non-8-bit data: robust 0.1-99.9 % stretch over every pixel (a strided sample
+    would depend on how the image is stored, and a mirrored image must trace the same)."""
+    grey = img if img.ndim == 2 else img.reshape(-1, img.shape[-1]).mean(axis=1)
+    if grey.dtype == np.uint16:
+        # One histogram pass (OpenCV) instead of sorting millions of values.
+        hist = cv2.calcHist([np.ascontiguousarray(grey)], [0], None, [65536], [0, 65536]).ravel()
+        cdf = np.cumsum(hist)
+        total = cdf[-1]
+        lo = float(np.searchsorted(cdf, 0.001 * total, side="right"))
+        hi = float(np.searchsorted(cdf, 0.999 * total, side="left"))
+    else:
+        lo, hi = (float(v) for v in np.percentile(grey, (0.1, 99.9)))
     if hi <= lo:
-        lo, hi = float(sample.min()), float(sample.max())
+        lo, hi = float(grey.min()), float(grey.max())
     if hi <= lo:
         hi = lo + 1.0
-    return float(lo), float(hi)
+    return lo, hi
 
 
 @dataclass
