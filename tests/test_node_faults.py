@@ -72,7 +72,7 @@ def test_wrong_calling_ae_and_wrong_host_are_refused(tmp_path, pack, small_img):
 def test_kill9_mid_burst_then_restart_loses_and_doubles_nothing(tmp_path, pack):
     # full-size 16-bit images (2.3 MB each) so that the burst takes long enough to be cut
     img = dicomgen.isbi_image("170")
-    n = 16
+    n = 10
     files = _files(tmp_path / "in", img, n, variant="window16")
     with start_orthanc(tmp_path / "pacs") as pacs:
         node = make_node(tmp_path / "node", port=free_port(), pack=pack,
