@@ -2,6 +2,8 @@
 their targets and priors where the landmarks are, and a few real training steps run and resume."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -101,6 +103,13 @@ def test_a_few_stage1_steps_run_save_and_resume(tmp_path):
     assert any('"resume"' in s for s in lines) and not any('"event": "epoch"' in s for s in lines)
     with pytest.raises(ValueError, match="another config"):
         stage1.train(ds.images[:2], ds.landmarks[:2], stage1.Stage1Config(epochs=2, batch=2), tmp_path)
+    # a longer (or shorter) schedule continues from the checkpoint when asked to
+    lines.clear()
+    stage1.train(ds.images[:2], ds.landmarks[:2], stage1.Stage1Config(epochs=2, batch=2), tmp_path,
+                 log=lines.append, reschedule=True)
+    assert any('"reschedule"' in s for s in lines)
+    assert [json.loads(s)["epoch"] for s in lines if '"event": "epoch"' in s] == [2]
+    assert torch.load(ck, weights_only=False)["config"]["epochs"] == 2
 
 
 def test_no_prior_arm_ignores_the_attention_channels(tmp_path):

@@ -15,7 +15,7 @@ from training import isbi
 
 PACK_NAME = "cephnode-default"
 PACK_VERSION = "1.0.0"
-DEFAULT_STAGE1_EPOCHS = 36
+DEFAULT_STAGE1_EPOCHS = 30
 REPORT_DIR = isbi.REPO_ROOT / "models" / "default" / "evaluation"
 
 
