@@ -102,7 +102,8 @@ def main() -> None:
     if (default_pack_dir() / "pack.json").exists():
         packs["default"] = str(default_pack_dir())
     packs["published_size_standin"] = str(ensure_published_standin())
-    report = {"host": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}, "results": {}}
+    report = {"host": {"cpus": os.cpu_count(), "niceness": os.nice(0), "loadavg_start": os.getloadavg()},
+              "results": {}}
     with tempfile.TemporaryDirectory() as tmp:
         dicom = str(make_dicom(Path(tmp) / "full_size_16bit.dcm"))
         payload = json.dumps({"images": images, "dicom": dicom, "dicom_runs": args.dicom_runs, "threads": args.threads})

@@ -96,6 +96,11 @@ class ModelSessions:
             if threads:
                 opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+            # Seven sessions each keeping a growing CPU arena hold the sum of their peak
+            # activations; without the arena memory goes back between runs. Measured with the
+            # published-size stand-in: peak RSS ~620-810 MB instead of ~880 MB, latency unchanged
+            # within noise (bench/bench_inference.py).
+            opts.enable_cpu_mem_arena = False
             opts.log_severity_level = 3
             try:
                 sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
