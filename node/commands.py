@@ -68,7 +68,12 @@ def cmd_serve(args) -> int:
 
     cfg = _config(args)
     logs.configure(cfg.logging.level, cfg.logging.format, cfg.logging.log_phi)
-    NodeService(cfg).serve_forever()
+    try:
+        NodeService(cfg).serve_forever()
+    except (ValueError, OSError) as exc:  # PackError is a ValueError; a busy port an OSError
+        logs.get_logger("cephnode").error("start_failed", error=f"{type(exc).__name__}: {exc}")
+        print(f"cephnode serve: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
