@@ -101,6 +101,11 @@ class ModelSessions:
             # published-size stand-in: peak RSS ~620-810 MB instead of ~880 MB, latency unchanged
             # within noise (bench/bench_inference.py).
             opts.enable_cpu_mem_arena = False
+            # ONNX Runtime's workers spin after each run waiting for more work; on a small shared
+            # host they then steal the cores our own code (and the next network) needs. Measured
+            # on this 2-core host under load: whole image 1.3-1.5 s without spinning vs 2.6-2.8 s
+            # with it, our own code 33-37 ms vs 67-78 ms wall.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.log_severity_level = 3
             try:
                 sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
