@@ -129,3 +129,20 @@ def test_manifest_records_predictions_rules_and_sizes(copy):
     assert "Co" not in pack.predicted and "Prn" not in pack.predicted and pack.rules["Prn"].startswith("Phase 0B")
     with pytest.raises(PackError, match="unknown landmark"):
         write_manifest(copy, name="x", version="1", predicted=["S", "Bogus"], rules={}, provenance={}, accuracy={})
+
+
+def test_provider_choice_and_silent_fallback_is_reported(pack_dir):
+    import onnxruntime as ort
+
+    from inference.sessions import requested_providers
+    assert requested_providers("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError):
+        requested_providers("gpu-please")
+    auto = requested_providers("auto")
+    assert auto[-1] == "CPUExecutionProvider"
+    s = ModelSessions(load_pack(pack_dir), device="auto", threads=1)
+    really = {p[0] for p in s.providers.values()}
+    if "CUDAExecutionProvider" in ort.get_available_providers() and really == {"CPUExecutionProvider"}:
+        # the GPU build is installed but could not run here: said so, not hidden
+        assert s.gpu_unavailable_reason
+    assert s.on_gpu == (really != {"CPUExecutionProvider"})
