@@ -1,13 +1,13 @@
 """The CephTrace v4 two-stage pipeline (shared/spec/cephtrace-v4.md) on ONNX Runtime.
 
-    image -> 512 working grid -> canonical pose (face left)
+    image -> canonical pose (face left) -> 512 x 512 working grid
           -> 0A profile net -> 0B profile geometry, zone boxes
           -> 0C zone nets -> contours -> 0D Douglas-Peucker + anchor rules
           -> 0E MLP -> 25 Gaussian attention maps
           -> Stage 1 heatmap net -> DARK decoding -> original pose and pixel size
 
 Sessions are created once per Pipeline and reused; run() may be called from several
-threads at once (ONNX Runtime sessions are thread-safe, and every buffer is per call).
+threads at once (ONNX Runtime sessions are thread-safe; buffers are per call or per thread).
 """
 from __future__ import annotations
 
@@ -39,8 +39,6 @@ log = structlog.get_logger("cephnode.inference")
 
 PROFILE_OVERWRITES = ("UL", "LL", "Sn", "Pog_soft", "Pm")
 RULE_SOURCES = ("0B", "0D", "0E")     # a stated rule naming one of these phases can be evaluated
-
-
 NET_KEYS = {"profile": "net_0A", "z1": "net_0C", "z2": "net_0C", "z3": "net_0C", "z4": "net_0C",
             "phase0e": "net_0E", "stage1": "net_stage1"}
 
