@@ -82,41 +82,57 @@ def anterior_profile(component: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, xs.astype(np.float64)
 
 
-def _argext(values: np.ndarray, sel: np.ndarray, largest: bool) -> int | None:
+def _argext(values: np.ndarray, sel: np.ndarray, largest: bool, peaks: np.ndarray | None = None) -> int | None:
+    """Index of the largest/smallest value among the selected rows.
+
+    With ``peaks`` (a mask of local extrema of the right kind), a peak inside the window wins
+    over the window's edge: on a slanted face the plain extreme of a window is often its first
+    or last row, which is where the window was cut, not a feature of the face."""
     idx = np.flatnonzero(sel)
     if idx.size == 0:
         return None
+    if peaks is not None:
+        inner = idx[peaks[idx]]
+        if inner.size:
+            idx = inner
     v = values[idx]
     return int(idx[np.argmax(v) if largest else np.argmin(v)])
+
+
+def _local_extrema(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(local minima, local maxima) of x along the profile; plateaus count once."""
+    n = len(xs)
+    lo = np.zeros(n, bool)
+    hi = np.zeros(n, bool)
+    if n >= 3:
+        a, b, c = xs[:-2], xs[1:-1], xs[2:]
+        lo[1:-1] = (b <= a) & (b <= c) & ((b < a) | (b < c))
+        hi[1:-1] = (b >= a) & (b >= c) & ((b > a) | (b > c))
+    return lo, hi
 
 
 def profile_points(ys: np.ndarray, xs: np.ndarray, xs_raw: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
     """Prn, Sn, UL, LL, Pog_soft, Pm: rows chosen on the smoothed profile xs by normalised
     height; x taken from the unsmoothed profile xs_raw at that row (smoothing flattens a
     nose tip by several pixels), or from xs when no raw profile is given."""
-    n = len(ys)
     yn = (ys - ys[0]) / max(1.0, float(ys[-1] - ys[0]))
+    # Anterior points (Prn, UL, LL, Pog_soft) are bumps: local minima of x (face left).
+    # Sn is the deepest concavity: the most posterior local maximum of x.
+    bump, hollow = _local_extrema(xs)
     pts: dict[str, int] = {}
-    prn = _argext(xs, yn < 0.35, largest=False)
+    prn = _argext(xs, yn < 0.35, largest=False, peaks=bump)
     if prn is not None:
         pts["Prn"] = prn
-    # Sn: deepest concavity = the most posterior local maximum of x in 0.25 < y_n < 0.50.
-    band = (yn > 0.25) & (yn < 0.50)
-    local_max = np.zeros(n, bool)
-    if n >= 3:
-        local_max[1:-1] = (xs[1:-1] >= xs[:-2]) & (xs[1:-1] >= xs[2:]) & ((xs[1:-1] > xs[:-2]) | (xs[1:-1] > xs[2:]))
-    sn = _argext(xs, band & local_max, largest=True)
-    if sn is None:
-        sn = _argext(xs, band, largest=True)
+    sn = _argext(xs, (yn > 0.25) & (yn < 0.50), largest=True, peaks=hollow)
     if sn is not None:
         pts["Sn"] = sn
-        ul = _argext(xs, (yn > yn[sn]) & (yn <= min(yn[sn] + 0.15, 0.55)), largest=False)
+        ul = _argext(xs, (yn > yn[sn]) & (yn <= min(yn[sn] + 0.15, 0.55)), largest=False, peaks=bump)
         if ul is not None:
             pts["UL"] = ul
-            ll = _argext(xs, (yn > yn[ul] + 0.02) & (yn <= min(yn[ul] + 0.18, 0.70)), largest=False)
+            ll = _argext(xs, (yn > yn[ul] + 0.02) & (yn <= min(yn[ul] + 0.18, 0.70)), largest=False, peaks=bump)
             if ll is not None:
                 pts["LL"] = ll
-    pog = _argext(xs, yn > 0.75, largest=False)
+    pog = _argext(xs, yn > 0.75, largest=False, peaks=bump)
     if pog is not None:
         pts["Pog_soft"] = pog
     if "LL" in pts and "Pog_soft" in pts and pts["Pog_soft"] - pts["LL"] >= 3:

@@ -257,3 +257,12 @@ def test_zone_boxes_use_the_whole_mask_like_training():
     mask, _, _ = _face_mask()
     mask[5:12, 5:12] = True                      # a speck outside the main component
     assert zone_boxes(analyse_profile(mask)) == training_zone_boxes(mask)
+
+
+def test_a_slanted_face_picks_the_chin_bump_not_the_window_edge():
+    # The profile slants backwards towards the chin (x grows with y), so the plain most
+    # anterior row with y_n > 0.75 is the window's first row; the soft chin is a bump at 0.88.
+    ys = np.arange(0, 201, dtype=float)
+    xs = 100 + 0.3 * ys - 12 * np.exp(-0.5 * ((ys - 176) / 6.0) ** 2)
+    pts = profile_points(ys, xs)
+    assert pts["Pog_soft"][1] == pytest.approx(176, abs=3)
