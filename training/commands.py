@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--reschedule", action="store_true",
                    help="continue a checkpoint made for another --epochs on the new schedule's length")
+    p.add_argument("--manifest-only", action="store_true",
+                   help="only rewrite pack.json for the files already in --out (e.g. after `cephnode evaluate`)")
     p.add_argument("--accuracy", type=Path, default=None,
                    help="evaluate JSON whose figures go into pack.json's accuracy (default: the pack's evaluation/test1.json if present)")
     p.set_defaults(func=cmd_train)
@@ -138,6 +140,11 @@ def cmd_train(args) -> int:
     from training import cache, export, pipeline_train, stage0, stage1
 
     _use_data(args)
+    if args.manifest_only:
+        path = write_pack_manifest(args.out, stage0.Stage0Config(), stage1.Stage1Config(arm="priors", epochs=args.epochs),
+                                   accuracy_json=args.accuracy)
+        print(f"wrote {path}", file=sys.stderr)
+        return 0
     device = _torch_setup(args)
     ckpt = args.checkpoints or cache.cache_dir() / "ckpt"
     log_path = ckpt.parent / "train.log"
@@ -160,13 +167,13 @@ def cmd_train(args) -> int:
                  reschedule=args.reschedule)
     nets["stage1"] = stage1.load_trained(ckpt / "stage1_priors.pt")
     export.export_pack(nets, args.out)
-    path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy, train_seconds=time.time() - t0)
+    path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy)
     print(f"wrote {args.out} ({path.name}); evaluate with: cephnode evaluate --split test1", file=sys.stderr)
     return 0
 
 
 def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None = None,
-                        train_seconds: float | None = None, name: str = PACK_NAME, version: str = PACK_VERSION) -> Path:
+                        name: str = PACK_NAME, version: str = PACK_VERSION) -> Path:
     from dataclasses import asdict
 
     from inference.landmarks import ISBI_19
@@ -197,12 +204,40 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
         "commit": evaluate._git_commit(),
         "trainer": "cephnode train (training/), torch CPU",
         "schedule_changes": _schedule_changes(),
-        **({"train_seconds": round(train_seconds)} if train_seconds else {}),
+        "cpu_wall_seconds": _training_seconds(),
     }
     return write_manifest(root, name=name, version=version, predicted=ISBI_19,
                           rules={"Prn": "Phase 0B profile geometry: most anterior point of the soft-tissue profile "
                                         "above 35 % of its height (not a trained prediction; no data labels Prn)"},
                           provenance=provenance, accuracy=accuracy)
+
+
+def _training_seconds() -> dict:
+    """Wall-clock seconds the finished phases took, from the training logs (interrupted and
+    resumed runs add up; work thrown away by a restart from scratch is not counted)."""
+    from training import cache
+
+    out: dict[str, float] = {}
+    root = cache.cache_dir()
+    s0 = root / "stage0.log"
+    if s0.exists():
+        for line in s0.read_text().splitlines():
+            ev = json.loads(line)
+            if ev.get("event") == "phase_done":
+                out[f"stage0_{ev['phase']}"] = ev["s"]
+    for arm in ("priors", "none"):
+        log = root / f"stage1_{arm}.log"
+        if not log.exists():
+            continue
+        total, last = 0.0, 0.0
+        for line in log.read_text().splitlines():
+            ev = json.loads(line)
+            if ev.get("event") == "resume":
+                total, last = total + last, 0.0
+            elif ev.get("event") == "epoch":
+                last = ev["elapsed_s"]
+        out[f"stage1_{arm}"] = round(total + last, 1)
+    return out
 
 
 def _schedule_changes() -> list[dict]:
