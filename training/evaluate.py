@@ -153,7 +153,7 @@ def plot(report: dict, pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[fl
     per = report["stage1"]["per_landmark"]
     ov = report["stage1"]["overall"]
     _text(img, f"{report['pack']['name']} {report['pack']['version']} on ISBI {report['split']} "
-               f"({report['images']} images, 173/283 excluded): MRE {ov['mre_mm']:.2f} mm, "
+               f"({report['images']} images{', 173/283 excluded' if report['split'] == 'test1' else ''}): MRE {ov['mre_mm']:.2f} mm, "
                f"SDR 2/2.5/3/4 mm {ov['sdr']['2']*100:.1f}/{ov['sdr']['2.5']*100:.1f}/"
                f"{ov['sdr']['3']*100:.1f}/{ov['sdr']['4']*100:.1f} %", (20, 28), 0.6, thick=2)
     # --- bars
@@ -167,7 +167,7 @@ def plot(report: dict, pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[fl
         _text(img, f"{t}", (x0 - 25, yy + 5))
     yy2 = y0 + ph - int(ph * 2.0 / vmax)
     cv2.line(img, (x0, yy2), (x0 + pw, yy2), (0, 140, 0), 1)
-    _text(img, "2 mm", (x0 + pw - 45, yy2 - 5), color=(0, 140, 0))
+    _text(img, "2mm", (x0 + pw + 4, yy2 + 4), color=(0, 140, 0))
     bw = pw / len(ISBI_19)
     for i, n in enumerate(ISBI_19):
         m, sd = per[n]["mre_mm"], per[n]["sd_mm"]
@@ -209,7 +209,7 @@ def plot(report: dict, pred: np.ndarray, truth: np.ndarray, spacing_mm: tuple[fl
             q = at(c + err_scale * v)
             if not (fx0 - 20 <= q[0] <= W and fy0 - 20 <= q[1] <= H):
                 continue  # far misses stay off the bar chart; they are in the bars and the JSON
-            cv2.circle(img, q, 1, (40, 40, 220) if bad else (60, 160, 60), -1)
+            cv2.circle(img, q, 2, (40, 40, 220) if bad else (60, 160, 60), -1)
         cv2.circle(img, at(c), int(2.0 * err_scale * s), (0, 140, 0), 1)
         cv2.circle(img, at(c), 3, (0, 0, 0), -1)
         _text(img, n, (at(c)[0] + 6, at(c)[1] - 6), 0.4)
