@@ -266,3 +266,38 @@ def test_a_slanted_face_picks_the_chin_bump_not_the_window_edge():
     xs = 100 + 0.3 * ys - 12 * np.exp(-0.5 * ((ys - 176) / 6.0) ** 2)
     pts = profile_points(ys, xs)
     assert pts["Pog_soft"][1] == pytest.approx(176, abs=3)
+
+
+def test_0c_0d_recover_the_anchors_from_training_contour_labels():
+    """Stage 0 geometry and the training labels agree: feeding training's ideal contour masks
+    (as zone-net logits) through 0C post-processing and 0D puts each anchor on its landmark."""
+    from training import isbi
+    from training import zones as training_zones
+    from training.cache import canonical_image, to_canonical
+    from training.labels import derive_profile_mask
+    from inference.landmarks import ISBI_19
+    from inference.zones import SOURCES
+
+    ix = {n: i for i, n in enumerate(ISBI_19)}
+    errors = {k: [] for k in ("S", "N", "Me", "ANS", "Go", "Pog")}
+    for case in isbi.load_cases("test1")[:8]:
+        img = canonical_image(case.image_path)
+        lm = to_canonical(case.mean, 968, 1200)
+        prof = analyse_profile(derive_profile_mask(img, lm).astype(bool))
+        boxes = zone_boxes(prof)
+        per_zone = {z: zone_contours((training_zones.contour_label(lm, boxes[z], z).astype(np.float32) * 20 - 10)[None],
+                                     z, boxes[z]) for z in ("z1", "z2", "z3", "z4")}
+        merged = {}
+        for cls, zs in SOURCES.items():
+            for z in zs:
+                if cls in per_zone[z]:
+                    merged[cls] = per_zone[z][cls]
+                    break
+        lines = {k: band_midline(v) for k, v in merged.items()}
+        found, _ = A.find_anchors(lines, np.array(prof.points["Prn"]), A.work_px_per_mm(968, 1200, (0.2, 0.2)),
+                                  np.array(prof.points["Pog_soft"]))
+        for k in errors:
+            d = found[k] - lm[ix[k]]
+            errors[k].append(np.hypot(d[0] * 968 / 512 * 0.2, d[1] * 1200 / 512 * 0.2))
+    for k, v in errors.items():
+        assert np.median(v) < 1.5, (k, v)
