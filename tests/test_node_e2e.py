@@ -129,3 +129,32 @@ def test_routed_cephs_come_back_traced_like_direct_inference(tmp_path, pack):
             assert src_uid in log                                        # but UIDs are there
             assert node.terminate() == 0                                 # SIGTERM: a clean stop
             assert any(e.get("event") == "node_stopped" for e in node.log_events())
+
+
+def test_results_return_to_the_sender_at_its_known_address(tmp_path, pack):
+    """No destination configured: with return_to_sender the SR goes back to the AE that sent
+    the image, at the address it connected from and the port configured for that AE."""
+    node_port = free_port()
+    lua = autoroute_lua("cephnode", skip_aets=("CEPHNODE",))
+    with start_orthanc(tmp_path / "pacs", modalities={"cephnode": ("CEPHNODE", "127.0.0.1", node_port)},
+                       lua=lua) as pacs:
+        node = make_node(tmp_path / "node", port=node_port, pack=pack,
+                         allowed_callers=[{"ae_title": "ORTHANC", "hosts": ["127.0.0.1"],
+                                           "return_port": pacs.dicom_port}],
+                         extra={"return_to_sender": {"enabled": True, "kinds": ["sr"]},
+                                "processing": {"outbox_kinds": ["sr"]}})
+        with node:
+            node.start(calling_ae="ORTHANC")
+            source = dicomgen.ceph_variant(dicomgen.isbi_image("152", scale=0.4), "plain")
+            sent = storescu([dicomgen.save(source, tmp_path / "in.dcm")], pacs.dicom_port, called_ae="ORTHANC")
+            assert sent.returncode == 0, sent.stderr
+            status = node.wait_for(lambda s: s["jobs"] == {"done": 1}, what="the job delivered to the sender")
+            assert status["deliveries"] == {"done": 1}
+            ids = pacs.wait_for_instances(2)
+            modalities = sorted(pacs.instance_tags(i)["Modality"] for i in ids)
+            assert modalities == ["DX", "SR"]
+            from node.jobstore import JobStore
+
+            [delivery] = JobStore(node.db_path).deliveries()
+            assert (delivery["destination"], delivery["ae_title"], delivery["port"]) == (
+                "sender", "ORTHANC", pacs.dicom_port)
