@@ -243,6 +243,8 @@ class NodeConfig(_Strict):
     @model_validator(mode="after")
     def _unique_destinations(self) -> "NodeConfig":
         names = [d.name for d in self.destinations]
+        if "sender" in names:
+            raise ValueError("destination name 'sender' is reserved for return_to_sender")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"destination names must be unique: {', '.join(dupes)}")
