@@ -218,6 +218,7 @@ class ProcessingConfig(_Strict):
     models_dir: Path | None = None          # None: $CEPHNODE_MODELS, else the embedded default pack
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, le=256)  # ONNX Runtime intra-op threads
+    workers: int = Field(default=1, ge=1, le=32)  # jobs processed at once (one Pipeline, shared)
     # Kinds kept in the outbox even when no destination wants them.
     outbox_kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
     max_processing_attempts: int = Field(default=3, ge=1, le=20)  # crashes mid-inference before parking

@@ -59,7 +59,7 @@ class Processor:
 
     def run(self, job: Job) -> str:
         """Process one claimed job; returns its new state."""
-        self.notes: list[str] = []
+        notes: list[str] = []   # per call: several workers may share this Processor
         timings: dict[str, float] = {}
         ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
         log.info("job_started", **ctx)
@@ -67,7 +67,7 @@ class Processor:
         try:
             ds = self._read(job, timings)
             result = self._infer(ds, job, timings)
-            objects = self._produce(ds, result, job, timings)
+            objects = self._produce(ds, result, job, timings, notes)
         except JobFailed as exc:
             timings["total_ms"] = _ms(t_all)
             self.store.fail_job(job.id, str(exc), timings=timings)
@@ -82,7 +82,7 @@ class Processor:
         deliveries = self._deliveries(job, objects)
         timings["total_ms"] = _ms(t_all)
         state = self.store.finish_processing(job.id, [o.__dict__ for o in objects], deliveries, timings,
-                                             note="; ".join(self.notes) or None)
+                                             note="; ".join(notes) or None)
         log.info("job_processed", **ctx, state=state, objects=len(objects), deliveries=len(deliveries),
                  degraded=bool(getattr(result, "degraded", False)), timings_ms=timings, **phi_fields(ds))
         return state
@@ -116,7 +116,8 @@ class Processor:
         timings["inference_ms"] = _ms(t)
         return result
 
-    def _produce(self, ds: Dataset, result: Any, job: Job, timings: dict[str, float]) -> list[ProducedObject]:
+    def _produce(self, ds: Dataset, result: Any, job: Job, timings: dict[str, float],
+                 notes: list[str]) -> list[ProducedObject]:
         t = time.perf_counter()
         folder = self.outbox / safe_name(job.study_uid) / safe_name(job.sop_uid)
         write_atomic(folder / "result.json", json.dumps(result.to_dict(), indent=1).encode())
@@ -124,7 +125,7 @@ class Processor:
         built = build_result_objects(ds, result, kinds=self.kinds, pack=self.pipeline.pack)
         if not built.objects and built.problems:
             raise JobFailed("no result object could be built: " + "; ".join(f"{k}: {v}" for k, v in built.problems.items()))
-        self.notes = [f"{k} not built: {v}" for k, v in built.problems.items()]
+        notes.extend(f"{k} not built: {v}" for k, v in built.problems.items())
         for kind, out in built.objects:
             path = folder / f"{kind}-{safe_name(str(out.SOPInstanceUID))}.dcm"
             buf = BytesIO()

@@ -2,7 +2,8 @@
 
 Threads (the receiver's association threads come from pynetdicom):
   scheduler  closes studies after the quiet period and queues their jobs
-  worker     runs one job at a time (inference is the costly step; ONNX Runtime uses the cores)
+  worker(s)  processing.workers threads, each running one job at a time; claiming a job is a
+             transaction, so no two workers take the same one
   delivery   sends produced objects, honouring each delivery's next_attempt_at
 Everything that matters is in SQLite, so stopping at any point (SIGTERM or kill -9) loses
 nothing: on start, interrupted jobs are queued again and spool files the database does not
@@ -72,8 +73,9 @@ class NodeService:
                      providers=self.pipeline.providers, load_ms=round((time.perf_counter() - t) * 1000, 1))
         self.processor = Processor(cfg, self.store, self.pipeline)
         self.deliverer = Deliverer(cfg, self.store)
-        for name, target in (("scheduler", self._scheduler_loop), ("worker", self._worker_loop),
-                             ("delivery", self._delivery_loop)):
+        loops = [("scheduler", self._scheduler_loop), ("delivery", self._delivery_loop)]
+        loops += [(f"worker-{i + 1}", self._worker_loop) for i in range(cfg.processing.workers)]
+        for name, target in loops:
             t = threading.Thread(target=self._guard(name, target), name=f"cephnode-{name}", daemon=True)
             t.start()
             self._threads.append(t)

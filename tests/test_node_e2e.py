@@ -58,7 +58,8 @@ def test_routed_cephs_come_back_traced_like_direct_inference(tmp_path, pack):
             tmp_path / "node", port=node_port, pack=pack,
             allowed_callers=[{"ae_title": "ORTHANC", "hosts": ["127.0.0.1"]}],
             destinations=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port,
-                           "kinds": ["sr", "seg", "gsps"]}])
+                           "kinds": ["sr", "seg", "gsps"]}],
+            extra={"processing": {"workers": 2}})   # two jobs at once: the queue must not hand one out twice
         with node:
             node.start(calling_ae="ORTHANC")
             img = dicomgen.isbi_image("151", scale=0.5)
@@ -80,6 +81,9 @@ def test_routed_cephs_come_back_traced_like_direct_inference(tmp_path, pack):
             assert status["instances"] == {"received": len(files), "selected": len(VARIANTS), "skipped": 1,
                                            "duplicates": 0}
             assert status["deliveries"] == {"done": len(VARIANTS) * len(kinds)}
+            assert all(j["attempts"] == 1 for j in status["recent_jobs"]), status["recent_jobs"]
+            started = [e["job_id"] for e in node.log_events() if e.get("event") == "job_started"]
+            assert sorted(started) == sorted(set(started)) and len(started) == len(VARIANTS)
             assert any(e.get("event") == "instance_skipped" and "view position PA" in e.get("reason", "")
                        for e in node.log_events())
 
