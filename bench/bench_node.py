@@ -59,6 +59,7 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="image scale (1.0 = ISBI 968 x 1200)")
     ap.add_argument("--quiet", type=float, default=1.0, help="quiet period of the node, s")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads of the node")
+    ap.add_argument("--workers", type=int, default=1, help="processing.workers of the node")
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
@@ -78,8 +79,9 @@ def main() -> int:
                              allowed_callers=[{"ae_title": "BENCH"}],
                              destinations=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                                             "port": pacs.dicom_port, "kinds": kinds}],
-                             extra={"processing": {"outbox_kinds": kinds, "threads": args.threads} if args.threads
-                                    else {"outbox_kinds": kinds}, "logging": {"level": "WARNING"}})
+                             extra={"processing": {"outbox_kinds": kinds, "workers": args.workers,
+                                                   **({"threads": args.threads} if args.threads else {})},
+                                    "logging": {"level": "WARNING"}})
             with node:
                 node.start(calling_ae="BENCH")
                 ae = AE(ae_title="BENCH")
@@ -143,6 +145,7 @@ def main() -> int:
             "model_pack": str(pack),
             "cpu_count": os.cpu_count(),
             "quiet_period_s": args.quiet,
+        "workers": args.workers,
             "burst_s": round(t_burst, 3),
             "receive_rate_per_s": round(len(answered) / t_burst, 1),
             "latency_s": {
