@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import pydicom
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
@@ -93,21 +94,20 @@ class Deliverer:
         ae.acse_timeout = 30
         ae.dimse_timeout = 120
         ae.network_timeout = 120
-        datasets = {}
+        syntaxes: dict[int, str] = {}
         for d in items:
-            try:
-                datasets[d.id] = pydicom.dcmread(d.path)
+            try:  # only the file meta now: objects are read one at a time while sending
+                syntaxes[d.id] = str(read_file_meta_info(d.path).TransferSyntaxUID)
             except Exception as exc:
                 self._failed(d, peer, f"object file unreadable: {exc}", permanent=True)
-        pending = [d for d in items if d.id in datasets]
-        contexts: dict[str, set[str]] = defaultdict(set)
-        for d in pending:
-            ts = str(datasets[d.id].file_meta.TransferSyntaxUID)
-            contexts[d.sop_class].update({ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian})
-        for sop_class, syntaxes in list(contexts.items())[:128]:
-            ae.add_requested_context(sop_class, sorted(syntaxes))
+        pending = [d for d in items if d.id in syntaxes]
         if not pending:
             return
+        contexts: dict[str, set[str]] = defaultdict(set)
+        for d in pending:
+            contexts[d.sop_class].update({syntaxes[d.id], ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+        for sop_class, ts_set in list(contexts.items())[:128]:
+            ae.add_requested_context(sop_class, sorted(ts_set))
         tls_args = None
         try:
             if peer.tls.enabled:
@@ -129,7 +129,12 @@ class Deliverer:
                 if not assoc.is_established:
                     self._failed(d, peer, f"{where}: association lost")
                     continue
-                self._store_one(assoc, d, datasets[d.id], peer, where)
+                try:
+                    ds = pydicom.dcmread(d.path)
+                except Exception as exc:
+                    self._failed(d, peer, f"object file unreadable: {exc}", permanent=True)
+                    continue
+                self._store_one(assoc, d, ds, peer, where)
         finally:
             if assoc.is_established:
                 assoc.release()
