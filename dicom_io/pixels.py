@@ -63,6 +63,20 @@ def _orientation(ds: Dataset) -> tuple[str, str] | None:
     return (str(po[0]).upper(), str(po[1]).upper())
 
 
+def _padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """Pixels equal to Pixel Padding Value (or within it and Pixel Padding Range Limit), in
+    stored values; None when the instance declares no padding."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or isinstance(value, (bytes, bytearray)):
+        return None
+    a = int(value)
+    limit = ds.get("PixelPaddingRangeLimit")
+    b = int(limit) if limit is not None and not isinstance(limit, (bytes, bytearray)) else a
+    lo, hi = min(a, b), max(a, b)
+    mask = (raw >= lo) & (raw <= hi)
+    return mask if mask.any() else None
+
+
 def read_dicom_image(source: str | Path | Dataset) -> DicomImage:
     """Decode one single-frame greyscale image. Raises PixelDataError with a clear reason."""
     ds = source if isinstance(source, Dataset) else pydicom.dcmread(str(source))
@@ -83,20 +97,28 @@ def read_dicom_image(source: str | Path | Dataset) -> DicomImage:
     if raw.ndim != 2:
         raise PixelDataError(f"expected a 2-D greyscale frame, got shape {raw.shape}")
 
+    padding = _padding_mask(raw, ds)
     values = apply_modality_lut(raw, ds)
     if "WindowCenter" in ds or "VOILUTSequence" in ds:
         values = apply_voi_lut(values, ds, index=0)
     values = np.asarray(values, dtype=np.float32)
-    lo, hi = float(values.min()), float(values.max())
+    # Padding (outside the collimated field, PS3.3 C.7.5.1.1.2) carries no anatomy: it must not
+    # set the contrast stretch, and it is shown as background.
+    image_values = values[~padding] if padding is not None else values
+    if image_values.size == 0:
+        raise PixelDataError("image is blank (every pixel is padding)")
+    lo, hi = float(image_values.min()), float(image_values.max())
     if hi <= lo:
         raise PixelDataError("image is blank (all pixels equal)")
     # Robust stretch: ignore the extreme 0.1 % so burnt-in labels or dead pixels do not flatten contrast.
-    p_lo, p_hi = np.percentile(values, (0.1, 99.9))
+    p_lo, p_hi = np.percentile(image_values, (0.1, 99.9))
     if p_hi <= p_lo:
         p_lo, p_hi = lo, hi
     grey = np.clip((values - p_lo) / (p_hi - p_lo), 0.0, 1.0)
     if photometric == "MONOCHROME1":
         grey = 1.0 - grey
+    if padding is not None:
+        grey[padding] = 0.0
     spacing, how = _spacing(ds)
     return DicomImage(
         pixels=grey.astype(np.float32),

@@ -96,3 +96,25 @@ def test_bad_input_is_refused_with_a_reason(img, breakage, reason):
         ds = dicomgen.make_dx(np.full_like(img, 77))
     with pytest.raises(PixelDataError, match=reason):
         read_dicom_image(ds)
+
+
+def test_signed_pixels_and_padding(img):
+    # signed 16-bit stored values (PixelRepresentation 1), as some CR readers write them
+    ds = dicomgen.make_dx(img, bits=12)
+    signed = ds.pixel_array.astype(np.int16) - 2048
+    ds.PixelRepresentation = 1
+    ds.PixelData = signed.astype(np.int16).tobytes()
+    ds.WindowCenter, ds.WindowWidth = "0", "4096"
+    ref = _grey(dicomgen.make_dx(img, bits=12))
+    assert np.abs(_grey(ds) - ref).max() < 0.01
+
+    # a collimator border written as Pixel Padding Value must not flatten the contrast
+    anatomy = np.clip(img, 10, 245)           # the padding value 255 occurs nowhere else
+    padded = anatomy.copy()
+    padded[:, :20] = 255
+    ds = dicomgen.make_dx(padded)
+    ds.PixelPaddingValue = 255
+    got = read_dicom_image(ds).pixels
+    assert (got[:, :20] == 0).all()
+    interior = _grey(dicomgen.make_dx(np.ascontiguousarray(anatomy[:, 20:])))
+    assert np.abs(got[:, 20:] - interior).max() < 0.02
