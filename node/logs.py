@@ -38,7 +38,7 @@ def configure(level: str = "INFO", fmt: str = "json", log_phi: bool = False, str
         cache_logger_on_first_use=False,
     )
     # pynetdicom logs through the standard library: keep its warnings, quiet its chatter.
-    logging.basicConfig(stream=stream or sys.stderr, level=logging.WARNING,
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format='{"level": "%(levelname)s", "logger": "%(name)s", "event": "%(message)s"}')
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)
 

@@ -28,4 +28,7 @@ def test_phi_is_dropped_unless_configured():
         shown = _events(log_phi=True)[0]
         assert shown["patient_name"] == "Doe^Jane" and shown["patient_id"] == "PID-42"
     finally:
-        logs.configure("INFO", "json", False)
+        import structlog
+
+        logs._state["log_phi"] = False
+        structlog.reset_defaults()  # leave other tests the logging they started with
