@@ -175,7 +175,23 @@ def cmd_config_check(args) -> int:
         return 1
     print(f"{args.file}: OK (AE {cfg.listen.ae_title} on {cfg.listen.bind_address}:{cfg.listen.port}, "
           f"{len(cfg.destinations)} destination(s), quiet period {cfg.study.quiet_period_s:g} s)")
+    for warning in config_warnings(cfg):
+        print(f"  warning: {warning}")
     return 0
+
+
+def config_warnings(cfg) -> list[str]:
+    """Valid but probably not what an admin wants in production."""
+    out = []
+    if not cfg.listen.allowed_callers:
+        out.append("listen.allowed_callers is empty: any calling AE title is accepted")
+    if not cfg.destinations and not cfg.return_to_sender.enabled:
+        out.append("no destinations: results stay in the outbox only")
+    if not cfg.listen.tls.enabled and cfg.listen.bind_address not in ("127.0.0.1", "::1", "localhost"):
+        out.append("listen.tls is off on a network address: DICOM travels unencrypted")
+    if cfg.logging.log_phi:
+        out.append("logging.log_phi is on: patient names and IDs are written to the logs")
+    return out
 
 
 def cmd_config_example(args) -> int:

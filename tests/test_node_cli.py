@@ -26,6 +26,7 @@ def test_config_check_lists_every_problem_with_its_key_path(tmp_path):
         assert key in res.stdout, (key, res.stdout)
     good = cephnode("config", "check", str(REPO_ROOT / "config" / "example.toml"))
     assert good.returncode == 0 and "OK" in good.stdout
+    assert "warning: listen.tls is off" in good.stdout and "allowed_callers" not in good.stdout
     example = cephnode("config", "example")
     assert example.returncode == 0 and "[listen]" in example.stdout
 
