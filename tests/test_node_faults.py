@@ -236,3 +236,23 @@ def test_hostile_files_fail_their_jobs_and_the_node_goes_on(tmp_path, pack, smal
                 assert errors.get(sop) or (not row["selected"] and row["reason"]), (name, row)
         assert echoscu(node.port, called_ae="CEPHNODE", calling_ae="MODALITY").returncode == 0
         assert node.alive()
+
+
+def test_parallel_associations_are_all_spooled(tmp_path, pack, small_img):
+    """Four modalities at once: concurrent C-STOREs share one SQLite file and one spool."""
+    node = make_node(tmp_path / "node", port=free_port(), pack=pack, quiet_period_s=3600,
+                     allowed_callers=[{"ae_title": f"MOD{i}"} for i in range(4)])
+    with node:
+        node.start(calling_ae="MOD0")
+        batches = [_files(tmp_path / f"in{i}", small_img, 8) for i in range(4)]
+        procs = [subprocess.Popen(["storescu", "-aet", f"MOD{i}", "-aec", "CEPHNODE", "127.0.0.1", str(node.port),
+                                   *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i, files in enumerate(batches)]
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+        status = node.status()
+        assert status["instances"] == {"received": 32, "selected": 32, "skipped": 0, "duplicates": 0}
+        assert status["open_studies"] == 4 and status["queue_depth"] == 0   # waiting for the quiet period
+        spooled = sorted((node.db_path.parent / "spool").rglob("*.dcm"))
+        assert len(spooled) == 32
