@@ -94,6 +94,13 @@ def cmd_status(args) -> int:
           f"{inst['duplicates']} duplicate receipts")
     print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["jobs"].items())) or "none"))
     print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["deliveries"].items())) or "none"))
+    for name, d in summary["destinations"].items():
+        line = f"  {name} ({d['address']}): {d['done']} done, {d['pending']} pending, {d['failed']} failed"
+        if d["pending"] and d["next_attempt_at"]:
+            line += f"; next attempt {_when(d['next_attempt_at'])} (attempts so far: {d['max_attempts_so_far']})"
+        print(line)
+        if d["last_error"] and (d["pending"] or d["failed"]):
+            print(f"      last error: {d['last_error']}")
     if summary["recent_jobs"]:
         print("\nrecent jobs:")
         for j in summary["recent_jobs"]:

@@ -355,7 +355,19 @@ class JobStore:
                 f"SELECT id, sop_uid, study_uid, state, attempts, error, created_at, finished_at FROM jobs {where}"
                 " ORDER BY updated_at DESC, id DESC LIMIT ?", (limit,))]
 
+        per_destination = {}
+        for r in db.execute(
+                "SELECT destination, ae_title, host, port, SUM(state='pending'), SUM(state='done'), SUM(state='failed'),"
+                " MIN(CASE WHEN state='pending' THEN next_attempt_at END), MAX(CASE WHEN state='pending' THEN attempts END)"
+                " FROM deliveries GROUP BY destination, ae_title, host, port"):
+            last_error = db.execute(
+                "SELECT last_error FROM deliveries WHERE destination=? AND state IN ('pending', 'failed')"
+                " AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1", (r[0],)).fetchone()
+            per_destination[r[0]] = {"address": f"{r[1]}@{r[2]}:{r[3]}", "pending": r[4], "done": r[5],
+                                     "failed": r[6], "next_attempt_at": r[7], "max_attempts_so_far": r[8],
+                                     "last_error": last_error[0] if last_error else None}
         return {
+            "destinations": per_destination,
             "instances": {"received": inst[0], "selected": inst[1], "skipped": inst[0] - inst[1],
                           "duplicates": inst[2]},
             "open_studies": open_studies,

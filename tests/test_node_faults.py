@@ -163,6 +163,8 @@ def test_last_retry_parks_the_job_visibly_and_retry_command_delivers(tmp_path, p
         assert "delivery failed" in failed["error"] and "unreachable" in failed["error"]
         text = node.cli("status")
         assert text.returncode == 0 and "FAILED jobs (1" in text.stdout and failed["sop_uid"] in text.stdout
+        assert f"pacs (ORTHANC@127.0.0.1:{pacs_port}): 0 done, 0 pending, 1 failed" in text.stdout, text.stdout
+        assert status["destinations"]["pacs"]["last_error"].endswith("is unreachable or aborted the association")
         with start_orthanc(tmp_path / "pacs", dicom_port=pacs_port) as pacs:
             res = node.cli("retry", "--failed")
             assert res.returncode == 0 and f"#{failed['id']}" in res.stdout
