@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--reschedule", action="store_true",
                    help="continue a checkpoint made for another --epochs on the new schedule's length")
+    p.add_argument("--stage1-priors", choices=("zeroed", "stage0"), default="zeroed",
+                   help="Stage 1 trained with zeroed attention channels (default: the better arm of the "
+                        "ablation, on the train split and on test1) or with Stage 0 style priors")
     p.add_argument("--manifest-only", action="store_true",
                    help="only rewrite pack.json for the files already in --out (e.g. after `cephnode evaluate`)")
     p.add_argument("--accuracy", type=Path, default=None,
@@ -141,7 +144,7 @@ def cmd_train(args) -> int:
 
     _use_data(args)
     if args.manifest_only:
-        path = write_pack_manifest(args.out, stage0.Stage0Config(), stage1.Stage1Config(arm="priors", epochs=args.epochs),
+        path = write_pack_manifest(args.out, stage0.Stage0Config(), stage1.Stage1Config(arm=_arm(args), epochs=args.epochs),
                                    accuracy_json=args.accuracy)
         print(f"wrote {path}", file=sys.stderr)
         return 0
@@ -161,15 +164,19 @@ def cmd_train(args) -> int:
           file=sys.stderr)
     s0cfg = stage0.Stage0Config()
     nets = pipeline_train.stage0_all(ds, ckpt, s0cfg, log=log, bar_factory=_bar)
-    s1cfg = stage1.Stage1Config(arm="priors", epochs=args.epochs)
+    s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs)
     tr = ds.split == "train"
     stage1.train(ds.images[tr], ds.landmarks[tr], s1cfg, ckpt, log=log, device=device, progress=True,
                  reschedule=args.reschedule)
-    nets["stage1"] = stage1.load_trained(ckpt / "stage1_priors.pt")
+    nets["stage1"] = stage1.load_trained(ckpt / f"stage1_{s1cfg.arm}.pt")
     export.export_pack(nets, args.out)
     path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy)
     print(f"wrote {args.out} ({path.name}); evaluate with: cephnode evaluate --split test1", file=sys.stderr)
     return 0
+
+
+def _arm(args) -> str:
+    return "none" if args.stage1_priors == "zeroed" else "priors"
 
 
 def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None = None,
