@@ -1,4 +1,4 @@
-"""Train the whole pack: Stage 0 phases, Stage 1 (priors arm), export, manifest.
+"""Stage 0 of the whole-pack training (`cephnode train` runs it, then Stage 1, export, manifest).
 
 Used by `cephnode train`; resumable (phase weights and Stage 1 checkpoints live in the
 checkpoint folder, never in the repository).

@@ -92,7 +92,7 @@ def assemble_input(grey: torch.Tensor, priors256: torch.Tensor) -> torch.Tensor:
 
 def heatmap_loss(logits25: torch.Tensor, target19: torch.Tensor) -> torch.Tensor:
     """BCE on the 19 labelled channels only, positives weighted up (they are ~0.1 % of pixels)."""
-    idx = torch.as_tensor(ISBI_TO_25)
+    idx = torch.as_tensor(ISBI_TO_25, device=logits25.device)
     lg = logits25[:, idx]
     w = 1.0 + 20.0 * target19
     return (F.binary_cross_entropy_with_logits(lg, target19, reduction="none") * w).mean()
