@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--stage1-priors", choices=("zeroed", "stage0"), default="zeroed",
                    help="Stage 1 trained with zeroed attention channels (default: the better arm of the "
                         "ablation, on the train split and on test1) or with Stage 0 style priors")
+    p.add_argument("--stage0-epochs", type=int, default=None, help="profile and zone net epochs (quick trials)")
+    p.add_argument("--mlp-steps", type=int, default=None, help="anchor MLP steps (quick trials)")
     p.add_argument("--manifest-only", action="store_true",
                    help="only rewrite pack.json for the files already in --out (e.g. after `cephnode evaluate`)")
     p.add_argument("--accuracy", type=Path, default=None,
@@ -138,41 +140,45 @@ def _torch_setup(args):
 
 
 def cmd_train(args) -> int:
-    import time
-
     from training import cache, export, pipeline_train, stage0, stage1
 
     _use_data(args)
+    ckpt = args.checkpoints or cache.cache_dir() / "ckpt"
+    s0cfg = stage0.Stage0Config()
+    if args.stage0_epochs:
+        s0cfg.profile_epochs = s0cfg.zone_epochs = args.stage0_epochs
+    if args.mlp_steps:
+        s0cfg.mlp_steps = args.mlp_steps
+    s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs)
     if args.manifest_only:
-        path = write_pack_manifest(args.out, stage0.Stage0Config(), stage1.Stage1Config(arm=_arm(args), epochs=args.epochs),
-                                   accuracy_json=args.accuracy)
+        path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy, log_dir=ckpt.parent)
         print(f"wrote {path}", file=sys.stderr)
         return 0
     device = _torch_setup(args)
-    ckpt = args.checkpoints or cache.cache_dir() / "ckpt"
-    log_path = ckpt.parent / "train.log"
     ckpt.mkdir(parents=True, exist_ok=True)
-    logf = open(log_path, "a")
-
-    def log(s):
-        logf.write(s + "\n")
-        logf.flush()
-
-    t0 = time.time()
     ds = cache.load()
-    print(f"training on {int((ds.split == 'train').sum())} train images, device {device}, checkpoints {ckpt}, log {log_path}",
-          file=sys.stderr)
-    s0cfg = stage0.Stage0Config()
-    nets = pipeline_train.stage0_all(ds, ckpt, s0cfg, log=log, bar_factory=_bar)
-    s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs)
+    print(f"training on {int((ds.split == 'train').sum())} train images, device {device}, checkpoints {ckpt}, "
+          f"logs {ckpt.parent}/stage0.log, stage1_{s1cfg.arm}.log", file=sys.stderr)
+    nets = pipeline_train.stage0_all(ds, ckpt, s0cfg, log=_logger(ckpt.parent / "stage0.log"), bar_factory=_bar)
     tr = ds.split == "train"
-    stage1.train(ds.images[tr], ds.landmarks[tr], s1cfg, ckpt, log=log, device=device, progress=True,
-                 reschedule=args.reschedule)
+    stage1.train(ds.images[tr], ds.landmarks[tr], s1cfg, ckpt, log=_logger(ckpt.parent / f"stage1_{s1cfg.arm}.log"),
+                 device=device, progress=True, reschedule=args.reschedule)
     nets["stage1"] = stage1.load_trained(ckpt / f"stage1_{s1cfg.arm}.pt")
     export.export_pack(nets, args.out)
-    path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy)
+    path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy, log_dir=ckpt.parent)
     print(f"wrote {args.out} ({path.name}); evaluate with: cephnode evaluate --split test1", file=sys.stderr)
     return 0
+
+
+def _logger(path: Path):
+    """Append JSON lines to path (the progress bar owns the terminal)."""
+    fh = open(path, "a")
+
+    def log(line: str) -> None:
+        fh.write(line + "\n")
+        fh.flush()
+
+    return log
 
 
 def _arm(args) -> str:
@@ -180,7 +186,7 @@ def _arm(args) -> str:
 
 
 def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None = None,
-                        name: str = PACK_NAME, version: str = PACK_VERSION) -> Path:
+                        name: str = PACK_NAME, version: str = PACK_VERSION, log_dir: Path | None = None) -> Path:
     from dataclasses import asdict
 
     from inference.landmarks import ISBI_19
@@ -210,8 +216,8 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
         "seeds": {"stage0": s0cfg.seed, "stage1": s1cfg.seed},
         "commit": evaluate._git_commit(),
         "trainer": "cephnode train (training/), torch CPU",
-        "schedule_changes": _schedule_changes(),
-        "cpu_wall_seconds": _training_seconds(),
+        "schedule_changes": _schedule_changes(log_dir, s1cfg.arm),
+        "cpu_wall_seconds": _training_seconds(log_dir, s1cfg.arm),
     }
     return write_manifest(root, name=name, version=version, predicted=ISBI_19,
                           rules={"Prn": "Phase 0B profile geometry: most anterior point of the soft-tissue profile "
@@ -219,23 +225,21 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
                           provenance=provenance, accuracy=accuracy)
 
 
-def _training_seconds() -> dict:
+def _training_seconds(log_dir: Path | None, arm: str) -> dict:
     """Wall-clock seconds the finished phases took, from the training logs (interrupted and
     resumed runs add up; work thrown away by a restart from scratch is not counted)."""
     from training import cache
 
     out: dict[str, float] = {}
-    root = cache.cache_dir()
+    root = log_dir or cache.cache_dir()
     s0 = root / "stage0.log"
     if s0.exists():
         for line in s0.read_text().splitlines():
             ev = json.loads(line)
             if ev.get("event") == "phase_done":
                 out[f"stage0_{ev['phase']}"] = ev["s"]
-    for arm in ("priors", "none"):
-        log = root / f"stage1_{arm}.log"
-        if not log.exists():
-            continue
+    log = root / f"stage1_{arm}.log"
+    if log.exists():
         total, last = 0.0, 0.0
         for line in log.read_text().splitlines():
             ev = json.loads(line)
@@ -247,12 +251,13 @@ def _training_seconds() -> dict:
     return out
 
 
-def _schedule_changes() -> list[dict]:
-    """Reschedule events from the training logs (a run shortened to fit the CPU budget says so)."""
+def _schedule_changes(log_dir: Path | None, arm: str) -> list[dict]:
+    """Reschedule events from the Stage 1 log (a run shortened to fit the CPU budget says so)."""
     from training import cache
 
     events = []
-    for log in sorted(cache.cache_dir().glob("*.log")):
+    log = (log_dir or cache.cache_dir()) / f"stage1_{arm}.log"
+    if log.exists():
         for line in log.read_text().splitlines():
             if '"reschedule"' in line:
                 try:
@@ -289,7 +294,7 @@ def cmd_ablation(args) -> int:
         if root.exists():
             shutil.rmtree(root)
         export.export_pack(arm_nets, root)
-        write_pack_manifest(root, s0cfg, cfg, name=f"{PACK_NAME}-ablation-{arm}")
+        write_pack_manifest(root, s0cfg, cfg, name=f"{PACK_NAME}-ablation-{arm}", log_dir=ckpt.parent)
         rep = evaluate.evaluate(split="test1", models_dir=root, device="cpu", threads=args.threads)
         evaluate.write_report(rep, args.out, f"ablation_{arm}")
         rows[arm] = rep
