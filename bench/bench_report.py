@@ -1,0 +1,128 @@
+"""How long building the returned DICOM objects takes on this machine; prints JSON.
+
+    .venv/bin/python bench/bench_report.py [--runs 7] [--case 001] [--sizes isbi,large]
+
+The source is a DX built from a real ISBI image (tests.support.dicomgen.make_dx) and the
+landmarks are that image's real senior annotation (as tests/support/report_cases.py does):
+  isbi   the image at its stored size (968 x 1200, 8-bit, ISBI spacing);
+  large  the image resized to 2000 x 2500 and stored 16-bit (landmarks scaled with it).
+For each size: p50 / p95 wall milliseconds of the analysis (cephalometry.analysis.analyse) and
+of each kind's builder (sr, seg, gsps, sc), called as dicom_io.outputs.build_outputs calls them,
+plus build_outputs for all four kinds end to end. The source is read back from a file each run
+(as the node does), so no run profits from pixels another run decoded. The machine's load
+average is recorded: on a shared host the figures move with it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PACK_NAME = "isbi-annotation"
+PACK_VERSION = "bench-1"
+
+
+def _stats(ms: list[float]) -> dict[str, float]:
+    v = np.asarray(ms, float)
+    return {"p50": round(float(np.percentile(v, 50)), 1), "p95": round(float(np.percentile(v, 95)), 1)}
+
+
+def make_case(case_id: str, size: str, folder: Path):
+    """(path of the saved source DX, InferenceResult from the real annotation)."""
+    import cv2
+
+    from cephalometry.annotations import result_from_points
+    from inference.landmarks import ISBI_19
+    from tests.support.dicomgen import make_dx, read_grey
+    from training import isbi
+
+    case = next(c for c in isbi.load_cases() if c.case_id == case_id)
+    img = read_grey(case.image_path)
+    points = np.asarray(case.senior, float)
+    spacing = isbi.pixel_spacing_mm()
+    bits = 8
+    if size == "large":
+        h, w = img.shape
+        img = cv2.resize(img, (2000, 2500), interpolation=cv2.INTER_CUBIC)
+        sx, sy = 2000 / w, 2500 / h
+        points = points * [sx, sy]
+        spacing = (spacing[0] / sy, spacing[1] / sx)   # (row, column) spacing of the resized grid
+        bits = 16
+    elif size != "isbi":
+        raise ValueError(size)
+    ds = make_dx(img, pixel_spacing_mm=spacing, bits=bits, patient_id="BENCH-1", patient_name="Bench^Report")
+    path = folder / f"{size}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    result = result_from_points(
+        dict(zip(ISBI_19, map(tuple, points))), width=img.shape[1], height=img.shape[0],
+        pixel_spacing_mm=spacing, name=str(ds.SOPInstanceUID), face="right",
+        source="ISBI 2015 senior annotation", missing_note="not labelled in ISBI 2015",
+    )
+    return path, result, img.shape
+
+
+def bench_size(path: Path, result, runs: int) -> dict:
+    import pydicom
+
+    from cephalometry.analysis import analyse
+    from cephalometry.tracing import NothingTraced
+    from dicom_io.outputs import _BUILDERS, OUTPUT_KINDS, build_outputs, instance_uid, series_uid
+
+    timings: dict[str, list[float]] = {k: [] for k in ("analysis", *OUTPUT_KINDS, "build_outputs_all")}
+    for run in range(runs + 1):          # run 0 warms imports and caches; not counted
+        row = {}
+        t = time.perf_counter()
+        analysis = analyse(result)
+        row["analysis"] = (time.perf_counter() - t) * 1000
+        for kind in OUTPUT_KINDS:
+            source = pydicom.dcmread(path)
+            module, func, number = _BUILDERS[kind]
+            build = getattr(importlib.import_module(module), func)
+            t = time.perf_counter()
+            try:
+                build(source, result, analysis, pack_name=PACK_NAME, pack_version=PACK_VERSION,
+                      series_uid=series_uid(source, PACK_VERSION, kind),
+                      sop_uid=instance_uid(source, PACK_VERSION, kind), series_number=number)
+            except NothingTraced:
+                pass
+            row[kind] = (time.perf_counter() - t) * 1000
+        source = pydicom.dcmread(path)
+        t = time.perf_counter()
+        build_outputs(source, result, pack_name=PACK_NAME, pack_version=PACK_VERSION)
+        row["build_outputs_all"] = (time.perf_counter() - t) * 1000
+        if run:
+            for k, v in row.items():
+                timings[k].append(v)
+    return {k: _stats(v) for k, v in timings.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--case", default="001")
+    ap.add_argument("--sizes", default="isbi,large")
+    args = ap.parse_args(argv)
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))   # no per-run info lines
+    out = {"runs": args.runs, "case": args.case, "load_average_start": list(os.getloadavg()), "sizes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            path, result, shape = make_case(args.case, size, Path(tmp))
+            out["sizes"][size] = {"rows_columns": list(shape), "ms": bench_size(path, result, args.runs)}
+    out["load_average_end"] = list(os.getloadavg())
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
