@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodedConcept,
     ComprehensiveSR,
     CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
@@ -47,6 +48,32 @@ from inference.result import InferenceResult, Landmark
 
 PIXEL_CORNER_OFFSET = 0.5
 MANUFACTURER = "cephnode"
+
+
+class _Parts:
+    """Content that many items of one report repeat, built once per report and shared.
+
+    The report's groups repeat the same few dozen codes and the same source-image reference
+    hundreds of times. highdicom deep-copies and re-reads the whole content tree when it makes
+    the SR, and a deep copy copies a shared object once, so sharing them (instead of having
+    highdicom make a fresh CodedConcept from each pydicom Code) halves that work. The values
+    written are the same. Per report, never module-wide: nothing is shared between two SRs.
+    """
+
+    def __init__(self, source: Dataset) -> None:
+        self._concepts: dict[tuple, CodedConcept] = {}
+        self.source_image = SourceImageForRegion.from_source_image(source)
+
+    def concept(self, code) -> CodedConcept:
+        # Keyed on every field: pydicom's Code compares value and scheme only, not the meaning.
+        key = (code.value, code.scheme_designator, code.meaning, code.scheme_version)
+        found = self._concepts.get(key)
+        if found is None:
+            found = self._concepts[key] = CodedConcept.from_code(code)
+        return found
+
+    def evaluation(self, name, value) -> QualitativeEvaluation:
+        return QualitativeEvaluation(self.concept(name), self.concept(value))
 
 
 def scoord(points) -> np.ndarray:
@@ -85,48 +112,49 @@ def _landmark_source(lm: Landmark) -> str:
     return "model" if lm.predicted else "rule"
 
 
-def _landmark_group(lm: Landmark, source: Dataset, track_uid: str, algo) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+def _landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     region = ImageRegion(
         graphic_type=GraphicTypeValues.POINT,
         graphic_data=scoord([(lm.x, lm.y)]),
-        source_image=SourceImageForRegion.from_source_image(source),
+        source_image=parts.source_image,
     )
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=track_uid, identifier=f"Landmark {lm.name}"),
         referenced_region=region,
-        finding_type=codes.LANDMARKS[lm.name],
+        finding_type=parts.concept(codes.LANDMARKS[lm.name]),
         algorithm_id=algo,
-        measurements=[Measurement(name=codes.LANDMARK_CONFIDENCE, value=float(lm.confidence), unit=codes.UNITS["1"])],
+        measurements=[Measurement(name=parts.concept(codes.LANDMARK_CONFIDENCE), value=float(lm.confidence),
+                                  unit=parts.concept(codes.UNITS["1"]))],
         qualitative_evaluations=[
-            QualitativeEvaluation(codes.LANDMARK_CONFIDENCE_LEVEL, codes.CONFIDENCE_LEVELS[lm.level]),
-            QualitativeEvaluation(codes.LANDMARK_SOURCE, codes.LANDMARK_SOURCES[_landmark_source(lm)]),
+            parts.evaluation(codes.LANDMARK_CONFIDENCE_LEVEL, codes.CONFIDENCE_LEVELS[lm.level]),
+            parts.evaluation(codes.LANDMARK_SOURCE, codes.LANDMARK_SOURCES[_landmark_source(lm)]),
         ],
     )
 
 
-def _unavailable_landmark_group(lm: Landmark, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
+def _unavailable_landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=track_uid, identifier=f"Landmark {lm.name} (not available)"),
-        finding_type=codes.LANDMARKS[lm.name],
+        finding_type=parts.concept(codes.LANDMARKS[lm.name]),
         algorithm_id=algo,
         qualitative_evaluations=[
-            QualitativeEvaluation(codes.LANDMARK_SOURCE, codes.LANDMARK_SOURCES["unavailable"]),
-            QualitativeEvaluation(codes.LANDMARK_CONFIDENCE_LEVEL, codes.CONFIDENCE_LEVELS["unavailable"]),
+            parts.evaluation(codes.LANDMARK_SOURCE, codes.LANDMARK_SOURCES["unavailable"]),
+            parts.evaluation(codes.LANDMARK_CONFIDENCE_LEVEL, codes.CONFIDENCE_LEVELS["unavailable"]),
         ],
     )
 
 
-def _normality(m: CephMeasurement) -> list[QualitativeEvaluation]:
+def _normality(m: CephMeasurement, parts: _Parts) -> list[QualitativeEvaluation]:
     """Where the value lies against the norm, as a coded evaluation. (TID 310 measurement properties
     would carry the norm's numbers, but pixelmed's TID 300 does not accept them, so the norm
     itself is in the tracing sheet and the GSPS text.)"""
     code = codes.NORMALITY.get(m.status)
-    return [QualitativeEvaluation(codes.NORMALITY_CONCEPT, code)] if code is not None else []
+    return [parts.evaluation(codes.NORMALITY_CONCEPT, code)] if code is not None else []
 
 
-def _measurement_group(m: CephMeasurement, source: Dataset, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
-    code = codes.measurement_code(m.key, m.name)
-    caveats = [QualitativeEvaluation(codes.CAVEAT, codes.caveat_code(f)) for f in m.flags]
+def _measurement_group(m: CephMeasurement, parts: _Parts, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
+    code = parts.concept(codes.measurement_code(m.key, m.name))
+    caveats = [parts.evaluation(codes.CAVEAT, codes.caveat_code(f)) for f in m.flags]
     tracking = TrackingIdentifier(uid=track_uid, identifier=f"{m.analysis} {m.name}")
     if m.value is None:
         if any(f.startswith("unavailable:") for f in m.flags):
@@ -136,20 +164,20 @@ def _measurement_group(m: CephMeasurement, source: Dataset, track_uid: str, algo
         else:
             status = codes.NOT_COMPUTED_DEGENERATE
         return MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking, finding_type=codes.KINDS[m.kind],
-            algorithm_id=algo, qualitative_evaluations=[QualitativeEvaluation(code, status), *caveats],
+            tracking_identifier=tracking, finding_type=parts.concept(codes.KINDS[m.kind]),
+            algorithm_id=algo, qualitative_evaluations=[parts.evaluation(code, status), *caveats],
         )
     line = CoordinatesForMeasurement(
         graphic_type=GraphicTypeValues.POLYLINE,
         graphic_data=scoord(m.polyline),
-        source_image=SourceImageForRegion.from_source_image(source),
+        source_image=parts.source_image,
     )
     # The analysis (Steiner, Downs...) is the measurement's method: a TID 300 concept modifier.
-    num = Measurement(name=code, value=float(m.value), unit=codes.UNITS[m.unit],
-                      method=codes.ANALYSES[m.analysis], referenced_coordinates=[line])
+    num = Measurement(name=code, value=float(m.value), unit=parts.concept(codes.UNITS[m.unit]),
+                      method=parts.concept(codes.ANALYSES[m.analysis]), referenced_coordinates=[line])
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking, finding_type=codes.KINDS[m.kind],
-        algorithm_id=algo, measurements=[num], qualitative_evaluations=[*_normality(m), *caveats] or None,
+        tracking_identifier=tracking, finding_type=parts.concept(codes.KINDS[m.kind]),
+        algorithm_id=algo, measurements=[num], qualitative_evaluations=[*_normality(m, parts), *caveats] or None,
     )
 
 
@@ -192,15 +220,16 @@ def build_sr(
         return derived_uid(src_uid, pack_version, kind)
 
     algo = algorithm(pack_name, pack_version)
+    parts = _Parts(source)
     groups: list = []
     for lm in result.landmarks:
         if lm.available:
-            groups.append(_landmark_group(lm, source, uid(f"sr-track-landmark-{lm.name}"), algo))
+            groups.append(_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo))
     for lm in result.landmarks:
         if not lm.available:
-            groups.append(_unavailable_landmark_group(lm, uid(f"sr-track-landmark-{lm.name}"), algo))
+            groups.append(_unavailable_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo))
     for m in analysis.measurements:
-        groups.append(_measurement_group(m, source, uid(f"sr-track-measurement-{m.key}"), algo))
+        groups.append(_measurement_group(m, parts, uid(f"sr-track-measurement-{m.key}"), algo))
     groups.append(_classification_group(analysis, uid("sr-track-classification"), algo))
     groups.append(_process_group(result, uid("sr-track-process"), algo))
 
