@@ -8,9 +8,10 @@ landmarks are that image's real senior annotation (as tests/support/report_cases
   large  the image resized to 2000 x 2500 and stored 16-bit (landmarks scaled with it).
 For each size: p50 / p95 wall milliseconds of the analysis (cephalometry.analysis.analyse) and
 of each kind's builder (sr, seg, gsps, sc), called as dicom_io.outputs.build_outputs calls them,
-plus build_outputs for all four kinds end to end. The source is read back from a file each run
-(as the node does), so no run profits from pixels another run decoded. The machine's load
-average is recorded: on a shared host the figures move with it.
+plus build_outputs for all four kinds end to end, and '<kind>_encode': writing the built object
+to bytes (the node does that next). Each run reads the source back from a file and decodes its
+pixels first, untimed, as the node does before inference, so no run profits from another's work.
+The machine's load average is recorded: on a shared host the figures move with it.
 """
 from __future__ import annotations
 
@@ -72,37 +73,49 @@ def make_case(case_id: str, size: str, folder: Path):
 
 
 def bench_size(path: Path, result, runs: int) -> dict:
+    from io import BytesIO
+
     import pydicom
 
     from cephalometry.analysis import analyse
     from cephalometry.tracing import NothingTraced
     from dicom_io.outputs import _BUILDERS, OUTPUT_KINDS, build_outputs, instance_uid, series_uid
+    from dicom_io.pixels import read_dicom_image
 
-    timings: dict[str, list[float]] = {k: [] for k in ("analysis", *OUTPUT_KINDS, "build_outputs_all")}
+    def node_source():
+        ds = pydicom.dcmread(path)
+        read_dicom_image(ds)          # the node decodes the source for inference before building
+        return ds
+
+    timings: dict[str, list[float]] = {}
     for run in range(runs + 1):          # run 0 warms imports and caches; not counted
         row = {}
         t = time.perf_counter()
         analysis = analyse(result)
         row["analysis"] = (time.perf_counter() - t) * 1000
         for kind in OUTPUT_KINDS:
-            source = pydicom.dcmread(path)
+            source = node_source()
             module, func, number = _BUILDERS[kind]
             build = getattr(importlib.import_module(module), func)
             t = time.perf_counter()
             try:
-                build(source, result, analysis, pack_name=PACK_NAME, pack_version=PACK_VERSION,
-                      series_uid=series_uid(source, PACK_VERSION, kind),
-                      sop_uid=instance_uid(source, PACK_VERSION, kind), series_number=number)
+                built = build(source, result, analysis, pack_name=PACK_NAME, pack_version=PACK_VERSION,
+                              series_uid=series_uid(source, PACK_VERSION, kind),
+                              sop_uid=instance_uid(source, PACK_VERSION, kind), series_number=number)
             except NothingTraced:
-                pass
+                built = None
             row[kind] = (time.perf_counter() - t) * 1000
-        source = pydicom.dcmread(path)
+            if built is not None:
+                t = time.perf_counter()
+                built.save_as(BytesIO(), enforce_file_format=True)
+                row[f"{kind}_encode"] = (time.perf_counter() - t) * 1000
+        source = node_source()
         t = time.perf_counter()
         build_outputs(source, result, pack_name=PACK_NAME, pack_version=PACK_VERSION)
         row["build_outputs_all"] = (time.perf_counter() - t) * 1000
         if run:
             for k, v in row.items():
-                timings[k].append(v)
+                timings.setdefault(k, []).append(v)
     return {k: _stats(v) for k, v in timings.items()}
 
 
