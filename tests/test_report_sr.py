@@ -208,3 +208,30 @@ def test_unknown_spacing_sr_has_no_mm_values_and_says_why():
 def test_unknown_kinds_are_refused(case):
     with pytest.raises(ValueError, match="unknown output kind"):
         build_outputs(case.source, case.result, kinds="sr,pdf", pack_name="p", pack_version="v")
+
+
+def _without_creation_times(ds) -> bytes:
+    """The SR's bytes with the build's own clock readings fixed (they differ between two builds)."""
+    ds = pydicom.dcmread(BytesIO(_sr_bytes(ds)))
+    fixed = {"DA": "20000101", "TM": "000000", "DT": "20000101000000"}
+    clock = {"InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime", "ContributionDateTime"}
+
+    def fix(_, elem):
+        if elem.keyword in clock:
+            elem.value = fixed[elem.VR]
+
+    ds.walk(fix)
+    return _sr_bytes(ds)
+
+
+def test_reports_share_nothing_and_a_rebuild_gives_the_same_bytes(case, sr):
+    # sr.py shares codes and the source reference between the items of ONE report (speed);
+    # building further reports must not touch an earlier one, and a rebuild must be identical.
+    first = _sr_bytes(sr)
+    other = isbi_report_case("042", annotator="junior")
+    (other_sr,) = build_outputs(other.source, other.result, kinds=["sr"], pack_name=PACK_NAME,
+                                pack_version=PACK_VERSION)
+    (again,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    assert _sr_bytes(sr) == first
+    assert _without_creation_times(other_sr) != _without_creation_times(sr)
+    assert _without_creation_times(again) == _without_creation_times(sr)
