@@ -107,4 +107,11 @@ def build_seg(
     # General Image: Patient Orientation is Type 2C when there is no plane orientation, as for a
     # single-frame radiograph; highdicom leaves it out. Same frame as the source, so its value.
     seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+    # highdicom draws a random Dimension Organization UID; a retried job must give the very same
+    # object, so derive it like every other UID we write.
+    dim_org_uid = derived_uid(str(source.SOPInstanceUID), pack_version, "seg-dimension-organization")
+    for item in seg.DimensionOrganizationSequence:
+        item.DimensionOrganizationUID = dim_org_uid
+    for item in seg.DimensionIndexSequence:
+        item.DimensionOrganizationUID = dim_org_uid
     return seg

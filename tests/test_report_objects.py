@@ -201,3 +201,22 @@ def test_gsps_keeps_the_source_display_pipeline(monochrome1, shape):
     assert gsps.PresentationLUTShape == shape
     voi = gsps.SoftcopyVOILUTSequence[0]
     assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (1800.0, 3000.0)
+
+
+def _all_uids(ds: pydicom.Dataset) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+
+    def collect(_ds, elem):
+        if elem.VR == "UI" and elem.value:
+            found.append((elem.keyword, str(elem.value)))
+
+    ds.walk(collect)
+    return found
+
+
+@pytest.mark.parametrize("kind", ["seg", "gsps", "sc"])
+def test_a_rebuild_writes_the_very_same_uids(case, objects, kind):
+    # A job retried after a crash must produce the very same instances, down to every UID inside
+    # them (highdicom draws some, e.g. the SEG's Dimension Organization UID, at random).
+    (again,) = build_outputs(case.source, case.result, kinds=[kind], pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    assert _all_uids(again) == _all_uids(objects[kind])
