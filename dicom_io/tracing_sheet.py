@@ -141,7 +141,9 @@ def _draw_table(analysis: Analysis, height: int, width: int, title: str) -> np.n
         note = m.omitted_reason.replace("landmark unavailable: ", "no ").replace(
             "pixel spacing unknown: mm values cannot be measured", "no pixel spacing")
         if not note and any(f.startswith(("low-confidence", "rule-based")) for f in m.flags):
-            note = "check: " + ", ".join(f.split(":")[1] for f in m.flags if f.startswith(("low-confidence", "rule-based")))
+            # a rule-placed point is usually low-confidence too: name each landmark once
+            doubtful = dict.fromkeys(f.split(":")[1] for f in m.flags if f.startswith(("low-confidence", "rule-based")))
+            note = "check: " + ", ".join(doubtful)
         text(note[:28], cols[4], base, MUTED if m.value is None else (160, 60, 0))
     # legend
     y = height - row_h - row_h // 2
