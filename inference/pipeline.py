@@ -93,11 +93,13 @@ class Pipeline:
 
     @classmethod
     def load(cls, models_dir: Path | str | None = None, *, device: str = "auto",
-             threads: int | None = None) -> "Pipeline":
+             threads: int | None = None, io_binding: str = "auto") -> "Pipeline":
+        """``io_binding``: "auto" binds on CUDA/TensorRT only; "always"/"never" force it."""
         pack = load_pack(models_dir)
-        sessions = ModelSessions(pack, device=device, threads=threads)
+        sessions = ModelSessions(pack, device=device, threads=threads, io_binding=io_binding)
         log.info("pipeline_loaded", pack=pack.name, version=pack.version, root=str(pack.root),
                  providers=sorted({p[0] for p in sessions.providers.values()}),
+                 io_binding=sorted({t.device for t in sessions.bound.values()}) or None,
                  gpu_note=sessions.gpu_unavailable_reason or None)
         return cls(pack, sessions)
 

@@ -4,11 +4,22 @@ onnxruntime-gpu lists CUDA/TensorRT as "available" even on a host without a GPU 
 silently falls back to CPU, so we always report session.get_providers() per model: that is
 what really runs. InferenceSession.run is thread-safe, so one ModelSessions can serve
 several worker threads.
+
+On CUDA/TensorRT every network runs through IO binding: the input is copied once into a
+device buffer, the output is written into a preallocated device buffer of the known shape,
+and exactly one copy comes back to the host. The device buffers are kept per thread and per
+model (so Stage 1's 28 x 512 x 512 input does not cost a device allocation per image); the
+IOBinding object is made per call. What does NOT stay on the device: every Stage 0 output
+(the geometry of phases 0B-0E is numpy on the host) and the Stage 1 input (the attention
+maps are rendered by numpy), so each network's input goes up and its output comes down once.
+On the CPU plain session.run is kept: binding measured no better there (docs/inference.md).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -35,6 +46,58 @@ def requested_providers(device: str = "auto") -> list:
         chain.append("CUDAExecutionProvider")
     chain.append("CPUExecutionProvider")
     return chain
+
+
+# Memory device of each execution provider's tensors (OrtValue device_type names).
+PROVIDER_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda",
+                   "CPUExecutionProvider": "cpu"}
+IO_BINDING_MODES = ("auto", "always", "never")
+# Devices on which "auto" binds. Not the CPU: there session.run already hands ONNX Runtime the
+# numpy memory without a copy, and binding adds a copy in and out (measured: no gain).
+AUTO_BOUND_DEVICES = frozenset({"cuda"})
+_ELEMENT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def binding_device(providers: Sequence[str], mode: str = "auto") -> str | None:
+    """The device to bind a session's input and output to, or None for plain session.run.
+
+    ``providers`` is what the session really got (session.get_providers()); its first entry
+    runs the graph. "always" binds on any device we know (tests use it to run the CUDA code
+    path on the CPU), "never" never binds, "auto" binds where it pays (CUDA, TensorRT)."""
+    if mode not in IO_BINDING_MODES:
+        raise ValueError(f"io_binding must be one of {IO_BINDING_MODES}, not {mode!r}")
+    device = PROVIDER_DEVICE.get(providers[0]) if providers else None
+    if mode == "never" or device is None:
+        return None
+    if mode == "always" or device in AUTO_BOUND_DEVICES:
+        return device
+    return None
+
+
+@dataclass(frozen=True)
+class BoundTarget:
+    """Where one session's IO binding puts its tensors."""
+    device: str                 # OrtValue device_type: "cuda" or "cpu"
+    device_id: int
+    input_dtype: type
+    output_dtype: type | None   # None: unknown element type, ONNX Runtime allocates the output
+
+
+def _device_id(sess: ort.InferenceSession) -> int:
+    opts = sess.get_provider_options().get(sess.get_providers()[0], {})
+    try:
+        return int(opts.get("device_id", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass
+class _Buffers:
+    """One thread's device buffers for one model, reused while the batch size stays the same."""
+    input_shape: tuple
+    input: ort.OrtValue
+    output_shape: tuple | None
+    output: ort.OrtValue | None
 
 
 @dataclass(frozen=True)
@@ -79,12 +142,18 @@ def check_io(spec: contract.ModelSpec, sess: ort.InferenceSession, path: Path) -
 class ModelSessions:
     """One InferenceSession per contract model, created once."""
 
-    def __init__(self, pack: ModelPack, *, device: str = "auto", threads: int | None = None):
+    def __init__(self, pack: ModelPack, *, device: str = "auto", threads: int | None = None,
+                 io_binding: str = "auto"):
         self.pack = pack
         self.device = device
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.io: dict[str, IOInfo] = {}
         self.providers: dict[str, list[str]] = {}
+        # Per model: where its IO binding puts tensors; models absent here use session.run.
+        self.bound: dict[str, BoundTarget] = {}
+        # Device buffers per thread: an OrtValue bound to a run must not be refilled by another
+        # thread meanwhile, and IOBinding objects are not thread-safe.
+        self._local = threading.local()
         providers = requested_providers(device)
         self.gpu_unavailable_reason = ""
         if len(providers) > 1:
@@ -114,6 +183,11 @@ class ModelSessions:
             self.io[spec.key] = check_io(spec, sess, path)
             self.sessions[spec.key] = sess
             self.providers[spec.key] = list(sess.get_providers())
+            bind_on = binding_device(self.providers[spec.key], io_binding)
+            in_dtype = _ELEMENT_TYPES.get(sess.get_inputs()[0].type)
+            if bind_on is not None and in_dtype is not None:
+                self.bound[spec.key] = BoundTarget(bind_on, _device_id(sess), in_dtype,
+                                                   _ELEMENT_TYPES.get(sess.get_outputs()[0].type))
 
     def _probe(self, providers: list, path: Path) -> list:
         """Open the smallest model with the GPU chain once; if ONNX Runtime fell back to CPU
@@ -134,10 +208,53 @@ class ModelSessions:
         return providers
 
     def run(self, key: str, x: np.ndarray) -> np.ndarray:
-        """Run one model on one float32 batch; returns its first output."""
+        """Run one model on one float32 batch; returns its first output (a host array)."""
+        if key in self.bound:
+            return self.run_bound(key, x)
         info = self.io[key]
         out = self.sessions[key].run([info.output_name], {info.input_name: x})[0]
         return out
+
+    def run_bound(self, key: str, x: np.ndarray) -> np.ndarray:
+        """Run one model through IO binding on its device (self.bound[key]).
+
+        The host array is copied once into this thread's device input buffer, the output is
+        written on the device into this thread's preallocated buffer, and one copy of it comes
+        back as a new host array (copy_outputs_to_cpu), so later calls cannot change it."""
+        info, target, sess = self.io[key], self.bound[key], self.sessions[key]
+        x = np.ascontiguousarray(x, dtype=target.input_dtype)
+        buf = self._buffers(key, x.shape, info, target)
+        buf.input.update_inplace(x)               # host -> device (a memcpy on the CPU)
+        binding = sess.io_binding()                 # per call: never shared between threads
+        binding.bind_ortvalue_input(info.input_name, buf.input)
+        if buf.output is not None:
+            binding.bind_ortvalue_output(info.output_name, buf.output)
+        else:
+            binding.bind_output(info.output_name, target.device, target.device_id)
+        sess.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]     # device -> host, once
+
+    def _buffers(self, key: str, shape: tuple, info: IOInfo, target: BoundTarget) -> _Buffers:
+        cache = getattr(self._local, "buffers", None)
+        if cache is None:
+            cache = self._local.buffers = {}
+        buf = cache.get(key)
+        if buf is not None and buf.input_shape == shape:
+            return buf
+        # The output's shape is the declared one with the batch axis of this input; when any
+        # other axis is symbolic (or the element type unknown) ONNX Runtime allocates it.
+        out_shape = (shape[0],) + tuple(info.output_shape[1:])
+        known = target.output_dtype is not None and all(isinstance(d, int) for d in out_shape)
+        buf = _Buffers(
+            shape,
+            ort.OrtValue.ortvalue_from_shape_and_type(list(shape), target.input_dtype,
+                                                      target.device, target.device_id),
+            out_shape if known else None,
+            ort.OrtValue.ortvalue_from_shape_and_type(list(out_shape), target.output_dtype,
+                                                      target.device, target.device_id) if known else None,
+        )
+        cache[key] = buf                            # replaces (frees) another batch size's buffers
+        return buf
 
     @property
     def on_gpu(self) -> bool:
