@@ -85,3 +85,66 @@ def test_prn_rule_reads_the_nose_tip_off_a_profile_mask():
     expected_x = 150 - 60 * 12 / np.hypot(12.0, 4.8)
     assert abs(prn[1] - 180) <= 2 and abs(prn[0] - expected_x) <= 1.0
     assert labels.profile_prn(np.zeros((512, 512), np.uint8)) is None
+
+
+# The profile label on real train images (Phase 0A): found in the image, it must lie on the skin
+# where the annotators put the soft-tissue points, and it must include the nose (an earlier
+# edge-path label often cut behind it, and 0B's nose tip then fell inside the face).
+PROFILE_CASES = ("001", "033", "077", "130", "150")
+MM_PER_PX_512 = np.array([968 * 0.19989669421487602 / 512, 1200 * 0.2 / 512])  # (x, y)
+
+
+@pytest.mark.parametrize("cid", PROFILE_CASES)
+def test_profile_label_lies_on_the_annotated_skin_and_includes_the_nose(cid):
+    img, lm = _case(cid)
+    mask = labels.derive_profile_mask(img, lm)
+    outline = np.concatenate([c.reshape(-1, 2) for c in
+                              cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0]]).astype(float)
+    for name in ("Sn", "UL", "LL", "Pog_soft"):
+        gap_mm = float(np.hypot(*((outline - lm[IX[name]]) * MM_PER_PX_512).T).min())
+        assert gap_mm <= 1.0, f"{cid}: the label's skin line misses {name} by {gap_mm:.2f} mm"
+    rows = np.nonzero(mask.any(1))[0]
+    front = mask[rows].argmax(1)                 # first tissue column of each row (face left)
+    sn_x, sn_y = lm[IX["Sn"]]
+    nose_x = front[rows < sn_y].min()
+    # the nose tip stands well in front of subnasale (ISBI: 10-25 mm; 5 px = 2 mm here)
+    assert nose_x < sn_x - 5, f"{cid}: most anterior label point above Sn at x={nose_x}, Sn at {sn_x:.0f}"
+
+
+def test_skin_line_finds_a_faint_nose_darker_than_the_far_air():
+    """A synthetic row set like ISBI's: the air darkens toward the face (halo), a faint nose
+    bump is darker than the air far out but brighter than the air just in front of it; the
+    search must stop at the nose's front edge, not at the brighter face behind it."""
+    img = np.zeros((512, 512), np.uint8)
+    cols = np.arange(512)
+    air = np.clip(120 - 0.8 * cols, 10, None)                    # halo: darker toward the face
+    lm = np.zeros((19, 2), np.float32)
+    for n, (x, y) in {"N": (210, 100), "Sn": (200, 260), "UL": (195, 290), "LL": (195, 330),
+                      "Pog_soft": (205, 380), "Me": (230, 400)}.items():
+        lm[IX[n]] = (x, y)
+    for r in range(512):
+        row = air.copy()
+        row[200:] = 150                                          # face
+        if 180 <= r < 250:
+            row[120:200] = np.maximum(row[120:200], 55)          # the nose: faint, x 120-200
+        img[r] = np.clip(row, 0, 255).astype(np.uint8)
+    rows = np.arange(106, 431)
+    xs = labels.skin_line(img, lm, rows)
+    at_nose = xs[(rows >= 190) & (rows < 240)]
+    assert np.all(np.abs(at_nose - 120) <= 2), at_nose
+    below = xs[(rows >= 300) & (rows < 330)]
+    assert np.all(np.abs(below - 200) <= 2), below
+
+
+def test_a_cache_written_with_older_profile_labels_gets_them_derived_again(tmp_path):
+    """`cephnode train` reads the profile labels from the decoded-image cache; a cache written
+    before the skin-search labels (no profile_version) must not hand the old masks to training."""
+    img, lm = _case("130")
+    stale = np.zeros((1, 512, 512), np.uint8)
+    path = tmp_path / "isbi512.npz"
+    np.savez(path, ids=np.array(["130"]), split=np.array(["train"]), images=img[None],
+             landmarks=lm[None].astype(np.float32), senior=lm[None].astype(np.float32),
+             junior=lm[None].astype(np.float32), profile=stale, src_size=np.array([968, 1200]))
+    ds = cache.load(path)
+    assert np.array_equal(ds.profile[0], labels.derive_profile_mask(img, lm))
+    assert ds.profile[0].any()

@@ -18,6 +18,8 @@ import numpy as np
 from training import isbi
 
 SIZE = 512
+# training.labels' profile derivation the cached masks were made with (1: edge path, 2: skin search)
+PROFILE_LABEL_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -88,7 +90,8 @@ def build(path: Path | None = None, *, progress: bool = True) -> Path:
     np.savez(tmp, ids=np.array([c.case_id for c in cases]), split=np.array([c.split for c in cases]),
              images=np.stack(imgs), landmarks=np.stack(lms).astype(np.float32),
              senior=np.stack(sen).astype(np.float32), junior=np.stack(jun).astype(np.float32),
-             profile=np.stack(prof), src_size=np.array([w, h]))
+             profile=np.stack(prof), src_size=np.array([w, h]),
+             profile_version=np.array(PROFILE_LABEL_VERSION))
     os.replace(tmp, path)
     return path
 
@@ -98,5 +101,12 @@ def load(path: Path | None = None) -> CanonicalSet:
     if not path.exists():
         build(path)
     z = np.load(path)
+    profile = z["profile"]
+    version = int(z["profile_version"]) if "profile_version" in z.files else 1
+    if version != PROFILE_LABEL_VERSION:
+        # derived with an older training.labels: derive again (seconds), so `cephnode train`
+        # never trains on stale profile labels; the file is left as it is for concurrent readers
+        from training.labels import derive_profile_mask
+        profile = np.stack([derive_profile_mask(im, lm) for im, lm in zip(z["images"], z["landmarks"])])
     return CanonicalSet(z["ids"], z["split"], z["images"], z["landmarks"], z["senior"], z["junior"],
-                        z["profile"], tuple(int(v) for v in z["src_size"]))
+                        profile, tuple(int(v) for v in z["src_size"]))

@@ -1,11 +1,14 @@
 """Labels the ISBI data set lacks, derived honestly from what it has (canonical 512 frame, face left).
 
-Profile (Phase 0A): the facial soft tissue, found in the image itself. Guided only by the
-annotated landmarks for WHERE to look (rows from just below nasion to below the chin, a start
-point inside the tissue), each row is scanned from inside the tissue toward the face until the
-smoothed intensity falls to the air level (ISBI's edge enhancement leaves a dark halo in the air
-just outside the skin, which makes this drop sharp). The skin line is median-filtered; the mask
-is a band of fixed depth behind it (the anterior soft tissue), closed and opened.
+Profile (Phase 0A): the facial soft tissue, found in the image itself. The annotated landmarks
+only say WHERE to look (rows from just below nasion to under the chin, a corridor around the
+N-Sn-UL-LL-Pog_soft line, wide in front of the nose). Each row is searched from the air side
+toward the face for the first sustained rise in intensity: the air darkens toward the face
+(the device's halo) but never brightens, the skin does (see skin_line). The line is cleaned
+(nasion-rest jumps on the upper dorsum dropped, running median) and held at or in front of
+the annotated soft-tissue points, which lie on the skin; the mask is a band of fixed depth
+behind it, closed and opened. An earlier version followed the strongest edge by dynamic
+programming with at most 4 px of sideways movement per row and often cut behind the nose.
 
 Contours (Phase 0C): thick polylines through the annotated landmarks, ordered so that the
 contract's Phase 0D anchor rules recover the landmarks (see CONTOURS).
@@ -19,70 +22,93 @@ from inference.landmarks import ISBI_19
 
 IX = {n: i for i, n in enumerate(ISBI_19)}
 BAND_DEPTH = 64          # px at 512: depth of the soft-tissue band behind the skin line
-TOP_BELOW_N = 6          # px: the profile starts just below nasion (so 0B's y_n rules fit, see README)
+TOP_BELOW_N = 6         # px: the profile starts just below nasion (so 0B's y_n rules fit, see README)
 BOTTOM_BELOW_ME = 30     # px: ... and ends under the chin
+RISE_MIN = 6.0           # grey levels (0-255, blurred) over 6 px: the least rise that counts as skin
+ANNOTATION_ROWS = 3       # rows each side of an annotated soft-tissue point held at or in front of it
+DORSUM_UNTIL = 0.45       # fraction of the N-Sn height: the upper nose, where the skin is continuous
+DORSUM_STEP = 3.0        # px per row the upper dorsum may move forward
+RISE_FRAC = 0.2          # ... or this fraction of the row's strongest rise, whichever is larger
 
 
-def _min_cost_path(cost: np.ndarray, max_step: np.ndarray) -> np.ndarray:
-    """Dynamic programme: one x per row, |x[r+1]-x[r]| <= max_step[r], minimal summed cost."""
-    rows, w = cost.shape
-    acc = cost[0].copy()
-    back = np.zeros((rows, w), np.int32)
-    cols = np.arange(w)
-    for r in range(1, rows):
-        k = int(max_step[r])
-        # best predecessor within +-k: stack shifted copies (k is small)
-        shifts = np.arange(-k, k + 1)
-        cand = np.full((len(shifts), w), np.inf)
-        for j, d in enumerate(shifts):
-            lo, hi = max(0, d), min(w, w + d)
-            cand[j, lo - d:hi - d] = acc[lo:hi]
-        best = cand.argmin(0)
-        back[r] = np.clip(cols + shifts[best], 0, w - 1)
-        acc = cand[best, cols] + cost[r]
-    path = np.empty(rows, np.int64)
-    path[-1] = int(acc.argmin())
-    for r in range(rows - 1, 0, -1):
-        path[r - 1] = back[r, path[r]]
-    return path
+def skin_line(img512: np.ndarray, lm512: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x of the skin (the anterior soft-tissue edge) on each of ``rows``; NaN where none is found.
+
+    Each row is searched from the air side (anterior, small x) toward the face for the first
+    sustained rise in intensity. The air is no help as a level: it darkens steadily toward the
+    face (the device's halo), so much that a thin nose can be darker than air farther out; but
+    air never gets BRIGHTER going posterior, and skin does. The annotated landmarks only say
+    where to look: a corridor around the N-Sn-UL-LL-Pog_soft line that is wide in front of the
+    nose and narrow near nasion, so the cephalostat's nasion rest and ruler stay outside it."""
+    s = cv2.GaussianBlur(img512, (0, 0), 1.5).astype(np.float32)
+    gx = np.zeros_like(s)
+    gx[:, 1:-1] = 0.5 * (s[:, 2:] - s[:, :-2])
+    p = {n: lm512[i] for n, i in IX.items()}
+    ky = np.array([p["N"][1], p["Sn"][1], p["UL"][1], p["LL"][1], p["Pog_soft"][1], p["Me"][1] + 15])
+    kx = np.array([p["N"][0] - 10, p["Sn"][0], p["UL"][0], p["LL"][0], p["Pog_soft"][0], p["Me"][0] - 5])
+    ref = np.interp(rows, ky, kx)
+    nose = np.clip((rows - p["N"][1]) / max(1.0, p["Sn"][1] - p["N"][1]), 0, 1)
+    reach = np.where(rows < p["Sn"][1], 15 + 85 * np.sin(np.pi * nose * 0.8), 30)
+    xs = np.full(len(rows), np.nan)
+    for k, r in enumerate(rows):
+        x = np.arange(int(max(3, ref[k] - reach[k])), int(min(505, ref[k] + 25)))
+        if len(x) < 8:
+            continue
+        rise = s[r, x + 4] - s[r, x - 2]
+        # "sustained rise": a fixed floor against noise, and a fraction of the row's strongest
+        # rise so that a faint nose on a dark film still counts
+        hits = np.flatnonzero(rise > max(RISE_MIN, RISE_FRAC * float(rise.max())))
+        if hits.size == 0:
+            continue
+        win = np.arange(x[hits[0]] - 2, min(511, x[hits[0]] + 7))
+        xs[k] = win[int(np.argmax(gx[r, win]))]       # the edge itself: steepest point of the rise
+    # Near nasion the cephalostat's nasion rest ends just in front of the skin; its bar makes a
+    # rise that can sit inside the corridor. The skin of the upper nose is continuous: going
+    # down the dorsum it moves forward a few px per row at most, so there a sudden jump forward
+    # is the rest, not skin (lower down the nose tip and its underside may jump freely).
+    last = ref[0] - 20.0
+    for k in np.flatnonzero(nose < DORSUM_UNTIL):
+        if np.isnan(xs[k]):
+            continue
+        if xs[k] < last - DORSUM_STEP:
+            xs[k] = np.nan
+        else:
+            last = xs[k]
+    return xs
+
+
+def _clean(xs: np.ndarray, size: int = 9) -> np.ndarray:
+    """Running median along the rows (single-row misses, e.g. the nasion rest), gaps filled."""
+    ok = np.isfinite(xs)
+    if ok.sum() < 2:
+        return xs
+    idx = np.arange(len(xs))
+    filled = np.interp(idx, idx[ok], xs[ok])
+    h = size // 2
+    padded = np.pad(filled, h, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, size), axis=1)
 
 
 def derive_profile_mask(img512: np.ndarray, lm512: np.ndarray) -> np.ndarray:
     """(512,512) uint8 {0,1}: the facial soft-tissue band, face left."""
-    s = cv2.GaussianBlur(img512, (0, 0), 1.5).astype(np.float32)
     p = {n: lm512[i] for n, i in IX.items()}
-    top = int(round(p["N"][1] + TOP_BELOW_N))
+    top = int(max(0, round(p["N"][1] + TOP_BELOW_N)))
     bottom = int(min(511, round(p["Me"][1] + BOTTOM_BELOW_ME)))
     rows = np.arange(top, bottom + 1)
-    # The skin is where the intensity steps up from the dark halo (air) into the tissue, going
-    # posterior (+x): follow the strongest such edge from row to row (dynamic programme), held
-    # to pass through the annotated soft-tissue points that lie ON the skin, and kept in a
-    # corridor around them (the nasion rest and ruler of the cephalostat stay outside it).
-    # CLAHE first: the soft tissue is faint against the air until local contrast is equalised.
-    eq = cv2.createCLAHE(clipLimit=4.0, tileGridSize=(8, 8)).apply(s.astype(np.uint8)).astype(np.float32)
-    gx = cv2.Sobel(cv2.GaussianBlur(eq, (0, 0), 1.0), cv2.CV_32F, 1, 0, ksize=5)
-    edge = np.maximum(gx[rows], 0.0)
-    # saturate early: the faint skin edge must count as much as a bone edge behind it
-    edge = edge / (np.percentile(edge, 92) + 1e-6)
-    # Small pull toward the front: of two edges, the skin is the anterior one (bone lies behind).
-    cost = -np.minimum(edge, 1.0) + 0.003 * np.arange(512)[None, :]
-    ky = np.array([p["N"][1], p["Sn"][1], p["UL"][1], p["LL"][1], p["Pog_soft"][1], p["Me"][1] + 15])
-    kx = np.array([p["N"][0] - 10, p["Sn"][0], p["UL"][0], p["LL"][0], p["Pog_soft"][0], p["Me"][0] - 5])
-    ref = np.interp(rows, ky, kx)
-    # nose: up to 90 px in front of the N-Sn line in the middle of the nose, little at nasion
-    nose = np.clip((rows - p["N"][1]) / max(1.0, p["Sn"][1] - p["N"][1]), 0, 1)
-    reach = 15 + 85 * np.sin(np.pi * np.clip(nose, 0, 1) * 0.8) * (rows < p["Sn"][1])
-    cols = np.arange(512)[None, :]
-    outside = (cols < (ref - reach)[:, None]) | (cols > (ref + 30)[:, None])
-    cost = np.where(outside, 1e3, cost)
+    xs = _clean(skin_line(img512, lm512, rows))
+    # The annotated soft-tissue points lie ON the skin, so at their rows the skin cannot be
+    # behind them. Where the film is faint (most often just under the nose, at Sn) the search
+    # finds only a deeper edge; there the annotation wins, over a few rows (so the mask's
+    # 5x5 opening keeps it).
     for name in ("Sn", "UL", "LL", "Pog_soft"):
         r = int(round(p[name][1])) - top
-        if 0 <= r < len(rows):
-            far = np.abs(np.arange(512) - p[name][0]) > 3
-            cost[r, far] = 1e3
-    steps = np.where(rows > p["Pog_soft"][1], 8, 4)
-    xs = _min_cost_path(cost, steps)
+        lo, hi = max(0, r - ANNOTATION_ROWS), min(len(rows), r + ANNOTATION_ROWS + 1)
+        if lo < hi:
+            xs[lo:hi] = np.minimum(xs[lo:hi], p[name][0] + 1.0)
+    xs = np.round(xs)
     mask = np.zeros((512, 512), np.uint8)
+    if not np.isfinite(xs).any():
+        return mask
     cols = np.arange(512)[None, :]
     band = (cols >= xs[:, None]) & (cols < xs[:, None] + BAND_DEPTH)
     mask[rows] = band.astype(np.uint8)
