@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from node import logs
+
+    # Logs go to stderr so a command's own output (tables, JSON) stays clean on stdout;
+    # `serve` reconfigures them from its configuration file.
+    logs.configure("INFO", "console")
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
