@@ -95,7 +95,7 @@ def bench_size(path: Path, result, runs: int) -> dict:
         row["analysis"] = (time.perf_counter() - t) * 1000
         for kind in OUTPUT_KINDS:
             source = node_source()
-            module, func, number = _BUILDERS[kind]
+            module, func, number, _draws_pixels = _BUILDERS[kind]   # the SC decodes the source itself, as `cephnode report` does
             build = getattr(importlib.import_module(module), func)
             t = time.perf_counter()
             try:

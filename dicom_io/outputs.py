@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from cephalometry.analysis import Analysis, analyse
 from cephalometry.tracing import NothingTraced
+from dicom_io.pixels import DicomImage
 from dicom_io.uids import derived_uid
 from inference.result import InferenceResult
 
@@ -21,13 +22,13 @@ log = structlog.get_logger(__name__)
 
 OUTPUT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc")
 
-# kind -> (module, builder function, series number). Builders are imported when first used, so
-# a destination that wants only the SR does not load the drawing code.
-_BUILDERS: dict[str, tuple[str, str, int]] = {
-    "sr": ("dicom_io.sr", "build_sr", 9001),
-    "seg": ("dicom_io.seg", "build_seg", 9002),
-    "gsps": ("dicom_io.gsps", "build_gsps", 9003),
-    "sc": ("dicom_io.tracing_sheet", "build_tracing_sheet", 9004),
+# kind -> (module, builder function, series number, draws the source's pixels). Builders are
+# imported when first used, so a destination that wants only the SR does not load the drawing code.
+_BUILDERS: dict[str, tuple[str, str, int, bool]] = {
+    "sr": ("dicom_io.sr", "build_sr", 9001, False),
+    "seg": ("dicom_io.seg", "build_seg", 9002, False),
+    "gsps": ("dicom_io.gsps", "build_gsps", 9003, False),
+    "sc": ("dicom_io.tracing_sheet", "build_tracing_sheet", 9004, True),
 }
 assert tuple(_BUILDERS) == OUTPUT_KINDS
 
@@ -62,20 +63,23 @@ def build_outputs(
     pack_name: str,
     pack_version: str,
     analysis: Analysis | None = None,
+    image: DicomImage | None = None,
 ) -> list[Dataset]:
     """The objects of `kinds` for one source image, in OUTPUT_KINDS order. A SEG with nothing
-    traced is left out (logged) rather than failing the SR and the others."""
+    traced is left out (logged) rather than failing the SR and the others. `image` is the
+    source already decoded (dicom_io.pixels), if the caller has it; else it is decoded here."""
     wanted = parse_kinds(kinds)
     analysis = analysis if analysis is not None else analyse(result)
     out = []
     for kind in wanted:
-        module, func, number = _BUILDERS[kind]
+        module, func, number, draws_pixels = _BUILDERS[kind]
         build = getattr(importlib.import_module(module), func)
+        extra = {"image": image} if draws_pixels else {}
         try:
             ds = build(
                 source, result, analysis, pack_name=pack_name, pack_version=pack_version,
                 series_uid=series_uid(source, pack_version, kind), sop_uid=instance_uid(source, pack_version, kind),
-                series_number=number,
+                series_number=number, **extra,
             )
         except NothingTraced as exc:
             log.warning("output_skipped", kind=kind, reason=str(exc), source_sop_uid=str(source.SOPInstanceUID))

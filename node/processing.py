@@ -66,8 +66,8 @@ class Processor:
         t_all = time.perf_counter()
         try:
             ds = self._read(job, timings)
-            result = self._infer(ds, job, timings)
-            objects = self._produce(ds, result, job, timings, notes)
+            image, result = self._infer(ds, job, timings)
+            objects = self._produce(ds, image, result, job, timings, notes)
         except JobFailed as exc:
             timings["total_ms"] = _ms(t_all)
             self.store.fail_job(job.id, str(exc), timings=timings)
@@ -114,15 +114,15 @@ class Processor:
         result = self.pipeline.run(image.pixels, pixel_spacing_mm=image.pixel_spacing_mm,
                                    patient_orientation=image.patient_orientation, name=job.sop_uid)
         timings["inference_ms"] = _ms(t)
-        return result
+        return image, result
 
-    def _produce(self, ds: Dataset, result: Any, job: Job, timings: dict[str, float],
+    def _produce(self, ds: Dataset, image: Any, result: Any, job: Job, timings: dict[str, float],
                  notes: list[str]) -> list[ProducedObject]:
         t = time.perf_counter()
         folder = self.outbox / safe_name(job.study_uid) / safe_name(job.sop_uid)
         write_atomic(folder / "result.json", json.dumps(result.to_dict(), indent=1).encode())
         produced: list[ProducedObject] = []
-        built = build_result_objects(ds, result, kinds=self.kinds, pack=self.pipeline.pack)
+        built = build_result_objects(ds, result, kinds=self.kinds, pack=self.pipeline.pack, image=image)
         if not built.objects and built.problems:
             raise JobFailed("no result object could be built: " + "; ".join(f"{k}: {v}" for k, v in built.problems.items()))
         notes.extend(f"{k} not built: {v}" for k, v in built.problems.items())

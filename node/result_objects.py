@@ -26,7 +26,8 @@ class ResultObjects:
     problems: dict[str, str] = field(default_factory=dict)             # kind -> why it is missing
 
 
-def build_result_objects(source: Dataset, result: Any, *, kinds: list[str], pack: Any) -> ResultObjects:
+def build_result_objects(source: Dataset, result: Any, *, kinds: list[str], pack: Any,
+                         image: Any = None) -> ResultObjects:
     from cephalometry.analysis import analyse
     from dicom_io.outputs import build_outputs
 
@@ -35,7 +36,7 @@ def build_result_objects(source: Dataset, result: Any, *, kinds: list[str], pack
     for kind in kinds:
         try:
             built = build_outputs(source, result, kinds=(kind,), pack_name=pack.name, pack_version=pack.version,
-                                  analysis=analysis)
+                                  analysis=analysis, image=image)
         except Exception as exc:  # one kind failing must not cost the others
             out.problems[kind] = f"{type(exc).__name__}: {exc}"
             log.exception("output_not_built", kind=kind, sop_uid=str(source.get("SOPInstanceUID", "")))

@@ -1,6 +1,7 @@
 """SEG, GSPS and tracing sheet: validated by dciodvfy (once per kind) and checked for content."""
 from __future__ import annotations
 
+import dataclasses
 from io import BytesIO
 
 import highdicom as hd
@@ -220,3 +221,19 @@ def test_a_rebuild_writes_the_very_same_uids(case, objects, kind):
     # them (highdicom draws some, e.g. the SEG's Dimension Organization UID, at random).
     (again,) = build_outputs(case.source, case.result, kinds=[kind], pack_name=PACK_NAME, pack_version=PACK_VERSION)
     assert _all_uids(again) == _all_uids(objects[kind])
+
+
+def test_tracing_sheet_from_the_callers_decoded_image_is_the_same(case, objects):
+    # The node hands over the image it decoded for inference instead of decoding it twice.
+    from dicom_io.pixels import read_dicom_image
+
+    image = read_dicom_image(case.source)
+    (sc,) = build_outputs(case.source, case.result, kinds=["sc"], pack_name=PACK_NAME, pack_version=PACK_VERSION,
+                          image=image)
+    assert sc.SOPInstanceUID == objects["sc"].SOPInstanceUID
+    assert np.array_equal(sc.pixel_array, objects["sc"].pixel_array)
+    # and the image really is what is drawn: a blank one gives a different sheet
+    blank = dataclasses.replace(image, pixels=np.zeros_like(image.pixels))
+    (other,) = build_outputs(case.source, case.result, kinds=["sc"], pack_name=PACK_NAME, pack_version=PACK_VERSION,
+                             image=blank)
+    assert not np.array_equal(other.pixel_array, objects["sc"].pixel_array)
