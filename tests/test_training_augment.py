@@ -125,3 +125,33 @@ def test_no_prior_arm_ignores_the_attention_channels(tmp_path):
     y[:, 3:] = 0
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), loaded(y))
+
+
+def test_checkpoints_rebuild_the_architecture_they_were_trained_with(tmp_path):
+    import torch
+
+    from training.nets import stage1_net
+
+    fine, plain = stage1_net("unet-s4-fine"), stage1_net("unet-s4")
+    assert fine.fine is not None and plain.fine is None
+    # a checkpoint records its arch; one from before the field existed is the plain net
+    torch.save({"model": fine.state_dict(), "config": {"arm": "none", "arch": "unet-s4-fine"}}, tmp_path / "f.pt")
+    torch.save({"model": plain.state_dict(), "config": {"arm": "none"}}, tmp_path / "p.pt")
+    assert stage1.load_trained(tmp_path / "f.pt").fine is not None
+    assert stage1.load_trained(tmp_path / "p.pt").fine is None
+    with pytest.raises(ValueError, match="unknown Stage 1 architecture"):
+        stage1_net("hrnet-w32")
+    # a checkpoint written before the field existed resumes under the plain net's config
+    torch.set_num_threads(1)
+    ds = cache.load()
+    cfg = stage1.Stage1Config(arm="none", arch="unet-s4", epochs=1, batch=2)
+    stage1.train(ds.images[:2], ds.landmarks[:2], cfg, tmp_path, log=lambda s: None)
+    ck = tmp_path / "stage1_none.pt"
+    state = torch.load(ck, weights_only=False)
+    del state["config"]["arch"]
+    torch.save(state, ck)
+    lines: list[str] = []
+    stage1.train(ds.images[:2], ds.landmarks[:2], cfg, tmp_path, log=lines.append)
+    assert any('"resume"' in s for s in lines)
+    with pytest.raises(ValueError, match="another config"):
+        stage1.train(ds.images[:2], ds.landmarks[:2], stage1.Stage1Config(arm="none", epochs=1, batch=2), tmp_path)

@@ -70,3 +70,20 @@ def test_exporter_writes_contract_shapes(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 256, 256), np.float32)})
     assert y.shape == (1, 3, 256, 256)
+
+
+def test_fine_stage1_exports_with_the_contract_shapes_and_matches_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    from training.export import export_model
+    from training.nets import stage1_net
+
+    torch.manual_seed(0)
+    net = stage1_net("unet-s4-fine").eval()
+    path = export_model(net, contract.STAGE1, tmp_path, dynamic_batch=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((2, 28, 512, 512), dtype=np.float32)
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    assert y.shape == (2, 25, 256, 256)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, want, atol=1e-4)

@@ -37,7 +37,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_ch: int, out_ch: int, widths: tuple[int, ...], stem_stride: int, out_size: int,
-                 sigmoid: bool = False):
+                 sigmoid: bool = False, fine_width: int = 0):
         super().__init__()
         stem: list[nn.Module] = []
         c = in_ch
@@ -61,12 +61,21 @@ class UNet(nn.Module):
         for w in reversed(widths[:-1]):
             self.dec.append(Block(c + w, w))
             c = w
+        # Optional fine stage: one more decoder block at the first stem conv's resolution (in/2),
+        # fed by that conv's features, so the head sees detail the strided stem threw away.
+        self.fine = None
+        if fine_width:
+            if stem_stride < 4:
+                raise ValueError("a fine stage needs a stem of stride >= 4")
+            self.fine = Block(c + self.stem[0][0].out_channels, fine_width)
+            c = fine_width
         self.head = nn.Conv2d(c, out_ch, 1)
         self.out_size = out_size
         self.sigmoid = sigmoid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+        half = self.stem[0](x)
+        x = self.stem[1:](half)
         skips = []
         for i, blk in enumerate(self.enc):
             if i > 0:
@@ -76,6 +85,9 @@ class UNet(nn.Module):
         for blk, skip in zip(self.dec, reversed(skips[:-1])):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = blk(torch.cat([x, skip], 1))
+        if self.fine is not None:
+            x = F.interpolate(x, size=half.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.fine(torch.cat([x, half], 1))
         x = self.head(x)
         if x.shape[-1] != self.out_size:
             x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)
@@ -95,9 +107,20 @@ class AnchorMLP(nn.Module):
         return self.net(x) + 0.5
 
 
-def stage1_net() -> UNet:
-    """(B,28,512,512) -> (B,25,256,256) sigmoid heatmaps, peak ~1."""
-    return UNet(28, 25, (32, 48, 64, 96, 128), stem_stride=4, out_size=256, sigmoid=True)
+STAGE1_ARCHS = ("unet-s4", "unet-s4-fine")
+
+
+def stage1_net(arch: str = "unet-s4") -> UNet:
+    """(B,28,512,512) -> (B,25,256,256) sigmoid heatmaps, peak ~1.
+
+    unet-s4: the encoder and decoder work at 128 (stem stride 4); heatmaps are upsampled to 256.
+    unet-s4-fine: the same, plus a decoder block at 256 on the stem's stride-2 features, so the
+    heatmaps are predicted at the contract's output resolution instead of interpolated to it.
+    """
+    if arch not in STAGE1_ARCHS:
+        raise ValueError(f"unknown Stage 1 architecture {arch!r}; known: {', '.join(STAGE1_ARCHS)}")
+    return UNet(28, 25, (32, 48, 64, 96, 128), stem_stride=4, out_size=256, sigmoid=True,
+                fine_width=24 if arch == "unet-s4-fine" else 0)
 
 
 def profile_net() -> UNet:

@@ -35,6 +35,7 @@ TARGET_SIGMA = 2.0  # px on the 256 grid (about 1.5-1.9 mm on ISBI)
 @dataclass
 class Stage1Config:
     arm: str = "priors"            # "priors" | "none" (zeroed attention channels)
+    arch: str = "unet-s4-fine"     # training.nets.STAGE1_ARCHS
     epochs: int = 40
     batch: int = 4
     lr: float = 2e-3
@@ -105,7 +106,7 @@ def train(images: np.ndarray, landmarks: np.ndarray, cfg: Stage1Config, ckpt_dir
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / f"stage1_{cfg.arm}.pt"
     torch.manual_seed(cfg.seed)
-    net = stage1_net().to(device)
+    net = stage1_net(cfg.arch).to(device)
     net.sigmoid = False  # train on logits; the export puts the sigmoid back into the graph
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(images)
@@ -115,7 +116,7 @@ def train(images: np.ndarray, landmarks: np.ndarray, cfg: Stage1Config, ckpt_dir
     epoch = 0
     if ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
-        saved = dict(state["config"])
+        saved = _with_defaults(state["config"])
         rescheduled = saved.get("epochs") != cfg.epochs and reschedule
         if rescheduled:
             saved["epochs"] = cfg.epochs
@@ -178,9 +179,14 @@ def _save(path: Path, net, opt, sched, epoch: int, cfg: Stage1Config) -> None:
     tmp.replace(path)
 
 
+def _with_defaults(config: dict) -> dict:
+    """Checkpoints from before the `arch` field were all the plain stride-4 U-Net."""
+    return {"arch": "unet-s4", **config}
+
+
 def load_trained(ckpt: Path) -> torch.nn.Module:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    net = stage1_net()
+    net = stage1_net(_with_defaults(state["config"])["arch"])
     net.load_state_dict(state["model"])
     net.sigmoid = True
     if state["config"]["arm"] == "none":
