@@ -106,6 +106,9 @@ class StorageConfig(_Strict):
     spool_dir: Path | None = None           # default <data_dir>/spool
     db_path: Path | None = None             # default <data_dir>/queue.sqlite
     outbox_dir: Path | None = None          # default <data_dir>/outbox
+    # Days after which the files of finished work are deleted (node/retention.py says exactly
+    # what); 0 keeps everything forever.
+    retention_days: float = Field(default=30.0, ge=0.0)
 
     @property
     def spool(self) -> Path:

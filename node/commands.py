@@ -91,7 +91,7 @@ def cmd_status(args) -> int:
     inst = summary["instances"]
     print(f"queue depth: {summary['queue_depth']}   open studies: {summary['open_studies']}")
     print(f"instances: {inst['received']} received, {inst['selected']} selected, {inst['skipped']} skipped, "
-          f"{inst['duplicates']} duplicate receipts")
+          f"{inst['duplicates']} duplicate receipts, {inst['pruned']} pruned by retention")
     print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["jobs"].items())) or "none"))
     print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["deliveries"].items())) or "none"))
     for name, d in summary["destinations"].items():

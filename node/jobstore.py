@@ -1,7 +1,8 @@
 """The durable job queue: one SQLite file in WAL mode, no server.
 
 Tables:
-  instances   every received instance (kept in the spool), with the selection verdict
+  instances   every received instance (kept in the spool until retention prunes it), with the
+              selection verdict
   studies     last receipt time per study; a study closes after the quiet period
   jobs        one per qualifying instance: queued -> processing -> delivering -> done | failed
   deliveries  one per (job, destination, output object), with its own retry schedule
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at REAL NOT NULL,
     receipts INTEGER NOT NULL DEFAULT 1,
     selected INTEGER NOT NULL,
-    reason TEXT
+    reason TEXT,
+    pruned_at REAL                -- when retention deleted its files (the row stays: duplicates)
 );
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
@@ -107,6 +109,15 @@ class Job:
 
 
 @dataclass
+class Expired:
+    """A received instance past retention, and the produced objects that go with it."""
+    sop_uid: str
+    path: str                 # the spooled instance
+    job_id: int | None
+    output_paths: list[str]   # empty when the outbox is the results' only copy
+
+
+@dataclass
 class Delivery:
     id: int
     job_id: int
@@ -127,6 +138,14 @@ class JobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._conn().executescript(SCHEMA)  # executescript manages its own transaction
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a queue written by an older version up to this schema (columns added since)."""
+        with self._tx() as db:
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(instances)")}
+            if "pruned_at" not in columns:
+                db.execute("ALTER TABLE instances ADD COLUMN pruned_at REAL")
 
     # ---- connections ------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -341,13 +360,37 @@ class JobStore:
                                " updated_at=? WHERE id=?", (now, jid))
         return ids
 
+    # ---- retention --------------------------------------------------------------------
+    def expired(self, cutoff: float, *, limit: int = 500) -> list[Expired]:
+        """Instances whose files retention may delete: received before `cutoff`, not pruned yet,
+        and either never selected (no job) or whose job is done and finished before `cutoff`.
+        Failed, parked, unfinished and still-waiting work is never returned."""
+        rows = self._conn().execute(
+            "SELECT i.sop_uid, i.path, j.id AS job_id, j.outputs,"
+            " (SELECT COUNT(*) FROM deliveries d WHERE d.job_id = j.id) AS n_deliveries"
+            " FROM instances i LEFT JOIN jobs j ON j.sop_uid = i.sop_uid"
+            " WHERE i.pruned_at IS NULL AND i.received_at < ?"
+            " AND ((j.id IS NULL AND i.selected = 0) OR (j.state = 'done' AND j.finished_at < ?))"
+            " ORDER BY i.received_at LIMIT ?", (cutoff, cutoff, limit)).fetchall()
+        out = []
+        for r in rows:
+            # Without any delivery the outbox holds the only copy of the results: keep them.
+            outputs = [o["path"] for o in json.loads(r["outputs"] or "[]")] if r["n_deliveries"] else []
+            out.append(Expired(r["sop_uid"], r["path"], r["job_id"], outputs))
+        return out
+
+    def mark_pruned(self, sop_uids: list[str], *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.executemany("UPDATE instances SET pruned_at=? WHERE sop_uid=?", [(now, u) for u in sop_uids])
+
     # ---- reporting --------------------------------------------------------------------
     def summary(self, *, recent: int = 10) -> dict[str, Any]:
         db = self._conn()
         jobs = {r[0]: r[1] for r in db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
         deliveries = {r[0]: r[1] for r in db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")}
-        inst = db.execute("SELECT COUNT(*), COALESCE(SUM(selected), 0), COALESCE(SUM(receipts - 1), 0)"
-                          " FROM instances").fetchone()
+        inst = db.execute("SELECT COUNT(*), COALESCE(SUM(selected), 0), COALESCE(SUM(receipts - 1), 0),"
+                          " COUNT(pruned_at) FROM instances").fetchone()
         open_studies = db.execute("SELECT COUNT(*) FROM studies WHERE state='open'").fetchone()[0]
 
         def job_rows(where: str, limit: int) -> list[dict[str, Any]]:
@@ -369,7 +412,7 @@ class JobStore:
         return {
             "destinations": per_destination,
             "instances": {"received": inst[0], "selected": inst[1], "skipped": inst[0] - inst[1],
-                          "duplicates": inst[2]},
+                          "duplicates": inst[2], "pruned": inst[3]},
             "open_studies": open_studies,
             "queue_depth": sum(jobs.get(s, 0) for s in UNFINISHED_JOB_STATES),
             "jobs": jobs,

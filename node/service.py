@@ -5,6 +5,7 @@ Threads (the receiver's association threads come from pynetdicom):
   worker(s)  processing.workers threads, each running one job at a time; claiming a job is a
              transaction, so no two workers take the same one
   delivery   sends produced objects, honouring each delivery's next_attempt_at
+  retention  hourly, deletes the files of finished work past storage.retention_days
 Everything that matters is in SQLite, so stopping at any point (SIGTERM or kill -9) loses
 nothing: on start, interrupted jobs are queued again and spool files the database does not
 know (a crash between the file and the commit) are adopted.
@@ -26,12 +27,14 @@ from node.delivery import Deliverer
 from node.jobstore import InstanceRecord, JobStore
 from node.logs import get_logger
 from node.processing import Processor
+from node.retention import prune
 from node.receiver import Receiver
 from node.selection import evaluate
 
 log = get_logger("cephnode.service")
 
 POLL_S = 0.2
+PRUNE_EVERY_S = 3600.0
 
 
 def load_pipeline(cfg: NodeConfig) -> Any:
@@ -75,6 +78,8 @@ class NodeService:
         self.deliverer = Deliverer(cfg, self.store)
         loops = [("scheduler", self._scheduler_loop), ("delivery", self._delivery_loop)]
         loops += [(f"worker-{i + 1}", self._worker_loop) for i in range(cfg.processing.workers)]
+        if cfg.storage.retention_days > 0:
+            loops.append(("retention", self._retention_loop))
         for name, target in loops:
             t = threading.Thread(target=self._guard(name, target), name=f"cephnode-{name}", daemon=True)
             t.start()
@@ -148,6 +153,15 @@ class NodeService:
             wait = POLL_S if nxt is None else min(max(nxt - time.time(), 0.05), 5.0)
             self._wake_delivery.wait(wait)
             self._wake_delivery.clear()
+
+    def _retention_loop(self) -> None:
+        st = self.cfg.storage
+        while not self._stop.is_set():
+            r = prune(self.store, retention_days=st.retention_days, spool_dir=st.spool, outbox_dir=st.outbox)
+            if r.instances or r.refused:
+                log.info("retention_pruned", instances=r.instances, files=r.files, bytes=r.bytes,
+                         refused_paths=r.refused, retention_days=st.retention_days)
+            self._stop.wait(PRUNE_EVERY_S)
 
     # ---- stop -------------------------------------------------------------------------
     def stop(self, timeout: float = 120.0) -> None:

@@ -79,7 +79,7 @@ def test_routed_cephs_come_back_traced_like_direct_inference(tmp_path, pack):
             status = node.wait_for(lambda s: s["jobs"].get("done", 0) == len(VARIANTS) and s["queue_depth"] == 0,
                                    what="all jobs done")
             assert status["instances"] == {"received": len(files), "selected": len(VARIANTS), "skipped": 1,
-                                           "duplicates": 0}
+                                           "duplicates": 0, "pruned": 0}
             assert status["deliveries"] == {"done": len(VARIANTS) * len(kinds)}
             assert all(j["attempts"] == 1 for j in status["recent_jobs"]), status["recent_jobs"]
             started = [e["job_id"] for e in node.log_events() if e.get("event") == "job_started"]

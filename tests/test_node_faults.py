@@ -254,7 +254,31 @@ def test_parallel_associations_are_all_spooled(tmp_path, pack, small_img):
             _, err = p.communicate(timeout=300)
             assert p.returncode == 0, err
         status = node.status()
-        assert status["instances"] == {"received": 32, "selected": 32, "skipped": 0, "duplicates": 0}
+        assert status["instances"] == {"received": 32, "selected": 32, "skipped": 0, "duplicates": 0,
+                                      "pruned": 0}
         assert status["open_studies"] == 4 and status["queue_depth"] == 0   # waiting for the quiet period
         spooled = sorted((node.db_path.parent / "spool").rglob("*.dcm"))
         assert len(spooled) == 32
+
+
+def test_retention_prunes_finished_work_when_the_node_starts(tmp_path, pack, small_img):
+    """A real node with a retention of ~1 s: a skipped (PA) instance is spooled, then deleted by
+    the retention pass the next start runs; its row stays, so a resend is still a duplicate."""
+    node = make_node(tmp_path / "node", port=free_port(), pack=pack,
+                     quiet_period_s=3600, extra={"storage": {"retention_days": 1.0 / 86400}})
+    pa = dicomgen.make_dx(small_img, series_description="PA CEPH")
+    pa.ViewPosition = "PA"
+    path = dicomgen.save(pa, tmp_path / "pa.dcm")
+    with node:
+        node.start()
+        assert storescu([path], node.port, called_ae="CEPHNODE").returncode == 0
+        spooled = list((node.db_path.parent / "spool").rglob("*.dcm"))
+        assert len(spooled) == 1
+        assert node.terminate() == 0
+        time.sleep(1.5)
+        node.start()
+        status = node.wait_for(lambda s: s["instances"]["pruned"] == 1, timeout=60, what="retention pass")
+        assert status["instances"]["skipped"] == 1 and not spooled[0].exists()
+        assert any(e.get("event") == "retention_pruned" and e.get("instances") == 1 for e in node.log_events())
+        assert storescu([path], node.port, called_ae="CEPHNODE").returncode == 0
+        assert node.status()["instances"]["duplicates"] == 1

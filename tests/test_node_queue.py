@@ -30,7 +30,7 @@ def test_quiet_period_closes_a_study_and_duplicates_are_not_queued_twice(tmp_pat
     store.record_instance(_rec("1.4"), now=107.0)
     assert store.close_quiet_studies(5.0, now=112.0) == [("1.2.3", 1)]
     s = store.summary()
-    assert s["instances"] == {"received": 4, "selected": 3, "skipped": 1, "duplicates": 1}
+    assert s["instances"] == {"received": 4, "selected": 3, "skipped": 1, "duplicates": 1, "pruned": 0}
     assert s["jobs"] == {"queued": 3} and s["queue_depth"] == 3
 
 
