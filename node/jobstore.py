@@ -113,7 +113,6 @@ class Expired:
     """A received instance past retention, and the produced objects that go with it."""
     sop_uid: str
     path: str                 # the spooled instance
-    job_id: int | None
     output_paths: list[str]   # empty when the outbox is the results' only copy
 
 
@@ -366,7 +365,7 @@ class JobStore:
         and either never selected (no job) or whose job is done and finished before `cutoff`.
         Failed, parked, unfinished and still-waiting work is never returned."""
         rows = self._conn().execute(
-            "SELECT i.sop_uid, i.path, j.id AS job_id, j.outputs,"
+            "SELECT i.sop_uid, i.path, j.outputs,"
             " (SELECT COUNT(*) FROM deliveries d WHERE d.job_id = j.id) AS n_deliveries"
             " FROM instances i LEFT JOIN jobs j ON j.sop_uid = i.sop_uid"
             " WHERE i.pruned_at IS NULL AND i.received_at < ?"
@@ -376,7 +375,7 @@ class JobStore:
         for r in rows:
             # Without any delivery the outbox holds the only copy of the results: keep them.
             outputs = [o["path"] for o in json.loads(r["outputs"] or "[]")] if r["n_deliveries"] else []
-            out.append(Expired(r["sop_uid"], r["path"], r["job_id"], outputs))
+            out.append(Expired(r["sop_uid"], r["path"], outputs))
         return out
 
     def mark_pruned(self, sop_uids: list[str], *, now: float | None = None) -> None:

@@ -117,7 +117,7 @@ def test_no_prior_arm_ignores_the_attention_channels(tmp_path):
 
     from training.nets import stage1_net
 
-    net = stage1_net()
+    net = stage1_net("unet-s4")
     torch.save({"model": net.state_dict(), "config": {"arm": "none"}}, tmp_path / "s.pt")
     loaded = stage1.load_trained(tmp_path / "s.pt")
     x = torch.rand(1, 28, 512, 512)

@@ -50,9 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--stage1-priors", choices=("zeroed", "stage0"), default="zeroed",
                    help="Stage 1 trained with zeroed attention channels (default: the better arm of the "
                         "ablation, on the train split and on test1) or with Stage 0 style priors")
-    p.add_argument("--stage1-arch", default="unet-s4-fine",
-                   help="Stage 1 backbone: unet-s4-fine (default; a stride-4 U-Net with a decoder block at "
-                        "256) or unet-s4 (the same without it; packs up to 1.3.0)")
+    p.add_argument("--stage1-arch", default=None,
+                   help="Stage 1 backbone: unet-s4-fine (default: Stage1Config's; a stride-4 U-Net with a "
+                        "decoder block at 256) or unet-s4 (the same without it; packs up to 1.3.0)")
     p.add_argument("--stage0-epochs", type=int, default=None, help="profile and zone net epochs (quick trials)")
     p.add_argument("--mlp-steps", type=int, default=None, help="anchor MLP steps (quick trials)")
     p.add_argument("--manifest-only", action="store_true",
@@ -170,7 +170,8 @@ def cmd_train(args) -> int:
         s0cfg.profile_epochs = s0cfg.zone_epochs = args.stage0_epochs
     if args.mlp_steps:
         s0cfg.mlp_steps = args.mlp_steps
-    s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs, arch=args.stage1_arch)
+    arch = {"arch": args.stage1_arch} if args.stage1_arch else {}
+    s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs, **arch)
     if args.manifest_only:
         path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy, log_dir=ckpt.parent)
         print(f"wrote {path}", file=sys.stderr)

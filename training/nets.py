@@ -110,7 +110,7 @@ class AnchorMLP(nn.Module):
 STAGE1_ARCHS = ("unet-s4", "unet-s4-fine")
 
 
-def stage1_net(arch: str = "unet-s4") -> UNet:
+def stage1_net(arch: str) -> UNet:
     """(B,28,512,512) -> (B,25,256,256) sigmoid heatmaps, peak ~1.
 
     unet-s4: the encoder and decoder work at 128 (stem stride 4); heatmaps are upsampled to 256.
