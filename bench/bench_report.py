@@ -43,7 +43,7 @@ def make_case(case_id: str, size: str, folder: Path):
     import cv2
 
     from cephnode.cephalometry.annotations import result_from_points
-    from cephnode.inference.landmarks import ISBI_19
+    from cephnode.domain.landmarks import ISBI_19
     from tests.support.dicomgen import make_dx, read_grey
     from cephnode.training import isbi
 

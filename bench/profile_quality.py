@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cephnode.inference.landmarks import ISBI_19  # noqa: E402
+from cephnode.domain.landmarks import ISBI_19  # noqa: E402
 from cephnode.inference.profile import StageFailure, analyse_profile, profile_mask  # noqa: E402
 from cephnode.training import cache, isbi  # noqa: E402
 

@@ -1,19 +1,15 @@
 """Agreement of two sets of landmarks in measurement terms (e.g. two annotators of ISBI 2015).
 
-`python -m cephalometry.agreement` prints the inter-observer table of the README:
-per measurement, the mean absolute difference between the senior and junior annotators.
+Data-set neutral: the ISBI table of the README is built by `cephnode.training.isbi_agreement`.
 """
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from cephnode.cephalometry.analysis import Analysis, analyse
 from cephnode.cephalometry.annotations import result_from_points
-from cephnode.inference.landmarks import ISBI_19
 
 
 @dataclass(frozen=True)
@@ -61,23 +57,16 @@ def classification_agreement(pairs: list[tuple[Analysis, Analysis]]) -> dict[str
     return out
 
 
-def isbi_pairs(cases) -> list[tuple[Analysis, Analysis]]:
-    """Analyses of each ISBI case from the senior and from the junior annotator."""
-    from cephnode.training import isbi
-
-    spacing = isbi.pixel_spacing_mm()
+def annotator_pair(first: dict[str, tuple[float, float]], second: dict[str, tuple[float, float]], *,
+                   width: int, height: int, pixel_spacing_mm: tuple[float, float], name: str, face: str,
+                   source: str, missing_note: str) -> tuple[Analysis, Analysis]:
+    """The analyses of one image from two annotators' landmarks (name -> (x, y) pixels)."""
     out = []
-    for c in cases:
-        pair = []
-        for who in (c.senior, c.junior):
-            r = result_from_points(
-                dict(zip(ISBI_19, map(tuple, who))), width=968, height=1200, pixel_spacing_mm=spacing,
-                name=c.case_id, face="right", source="ISBI 2015 annotation",
-                missing_note="not labelled in ISBI 2015",
-            )
-            pair.append(analyse(r))
-        out.append((pair[0], pair[1]))
-    return out
+    for points in (first, second):
+        r = result_from_points(points, width=width, height=height, pixel_spacing_mm=pixel_spacing_mm,
+                               name=name, face=face, source=source, missing_note=missing_note)
+        out.append(analyse(r))
+    return out[0], out[1]
 
 
 def markdown(rows: list[AgreementRow]) -> str:
@@ -89,27 +78,3 @@ def markdown(rows: list[AgreementRow]) -> str:
         else:
             lines.append(f"| {r.name} | {r.unit} | {r.cases} | {r.mean_abs_diff:.2f} | {r.mean_diff:+.2f} | {r.sd_diff:.2f} |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from cephnode.training import isbi
-
-    argv = sys.argv[1:] if argv is None else argv
-    pairs = isbi_pairs(isbi.load_cases(exclude_duplicates=True))
-    rows = agreement_table(pairs)
-    classes = classification_agreement(pairs)
-    if "--json" in argv:
-        print(json.dumps({"measurements": [r.__dict__ for r in rows],
-                          "classifications": {k: {"same": s, "cases": n} for k, (s, n) in classes.items()}}, indent=1))
-    else:
-        print(markdown(rows))
-        print()
-        print("| classification | same category (senior vs junior) |")
-        print("|---|---|")
-        for name, (same, n) in classes.items():
-            print(f"| {name} | {same}/{n} ({100 * same / n:.0f} %) |")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,7 @@ from cephnode.cephalometry.frame import (
     line_intersection,
     signed_distance,
 )
-from cephnode.inference.result import InferenceResult
+from cephnode.domain.result import InferenceResult
 
 UNITS = {"angle": "deg", "distance": "mm", "ratio": "%"}
 

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_result(path: Path, source: pydicom.Dataset):
-    from cephnode.inference.result import InferenceResult
+    from cephnode.domain.result import InferenceResult
 
     data = json.loads(path.read_text())
     if isinstance(data, list):

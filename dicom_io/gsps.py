@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
 from cephnode.dicom_io.uids import derived_uid
-from cephnode.inference.result import InferenceResult
+from cephnode.domain.result import InferenceResult
 
 MANUFACTURER = "cephnode"
 PIXEL = hd.pr.AnnotationUnitsValues.PIXEL

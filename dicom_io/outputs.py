@@ -16,7 +16,7 @@ from cephnode.cephalometry.analysis import Analysis, analyse
 from cephnode.cephalometry.tracing import NothingTraced
 from cephnode.dicom_io.pixels import DicomImage
 from cephnode.dicom_io.uids import derived_uid
-from cephnode.inference.result import InferenceResult
+from cephnode.domain.result import InferenceResult
 
 log = structlog.get_logger(__name__)
 

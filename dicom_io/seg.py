@@ -15,7 +15,7 @@ from cephnode.cephalometry.analysis import Analysis
 from cephnode.cephalometry.tracing import NothingTraced, TracedStructure, traced_structures
 from cephnode.dicom_io import codes
 from cephnode.dicom_io.uids import derived_uid
-from cephnode.inference.result import InferenceResult
+from cephnode.domain.result import InferenceResult
 
 BAND_MM = 1.0
 BAND_PX_WITHOUT_SPACING = 5

@@ -44,7 +44,7 @@ from cephnode.cephalometry.analysis import Analysis
 from cephnode.cephalometry.analysis import Measurement as CephMeasurement
 from cephnode.dicom_io import codes
 from cephnode.dicom_io.uids import derived_uid
-from cephnode.inference.result import InferenceResult, Landmark
+from cephnode.domain.result import InferenceResult, Landmark
 
 PIXEL_CORNER_OFFSET = 0.5
 MANUFACTURER = "cephnode"

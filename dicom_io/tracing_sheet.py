@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
 from cephnode.dicom_io.pixels import DicomImage, read_dicom_image
-from cephnode.inference.result import InferenceResult
+from cephnode.domain.result import InferenceResult
 
 MANUFACTURER = "cephnode"
 MAX_IMAGE_HEIGHT = 1600          # px of the radiograph on the sheet

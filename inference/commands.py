@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.domain.landmarks import CANONICAL_25
 from cephnode.models import models_root
 from cephnode.inference.pack import MANIFEST, PackError, default_pack_dir, load_pack
 

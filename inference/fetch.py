@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 from cephnode.inference import contract
-from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.domain.landmarks import CANONICAL_25
 from cephnode.inference.pack import PUBLISHED_NAME, sha256_file, write_manifest
 
 DEFAULT_REPO_ID = os.environ.get("CEPHNODE_HUB_REPO", "CephTrace/cephtrace-v4")

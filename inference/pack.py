@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 
 from cephnode import models
 from cephnode.inference import contract
-from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.domain.landmarks import CANONICAL_25
 
 MANIFEST = "pack.json"
 PUBLISHED_NAME = "cephtrace-v4-published"

@@ -26,12 +26,12 @@ from cephnode.inference.anchors import find_anchors, work_px_per_mm
 from cephnode.inference.decode import decode_heatmaps
 from cephnode.inference.geometry import WORK, from_work, heat_to_work
 from cephnode.inference.imageio import WorkImage, normalise_input, read_file, thumbnail, work_image
-from cephnode.inference.landmarks import CANONICAL_25, INDEX, confidence_level
+from cephnode.domain.landmarks import CANONICAL_25, INDEX, confidence_level
 from cephnode.inference.orientation import detect_pose, inverse_points, pose_from_patient_orientation
 from cephnode.inference.pack import ModelPack, load_pack
 from cephnode.inference.priors import anchor_vector, attention_maps, derived_points
 from cephnode.inference.profile import StageFailure, analyse_profile, profile_mask, zone_boxes
-from cephnode.inference.result import InferenceResult, Landmark, Orientation, Stage0Diagnostics
+from cephnode.domain.result import InferenceResult, Landmark, Orientation, Stage0Diagnostics
 from cephnode.inference.sessions import ModelSessions
 from cephnode.inference.zones import PRIMARY, band_midline, run_zones
 

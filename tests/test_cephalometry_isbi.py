@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cephnode.cephalometry.agreement import agreement_table, isbi_pairs, markdown
-from cephnode.inference.landmarks import UNLABELLED
+from cephnode.cephalometry.agreement import agreement_table, markdown
+from cephnode.domain.landmarks import UNLABELLED
 from cephnode.training import isbi
+from cephnode.training.isbi_agreement import isbi_pairs
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cephnode.inference.landmarks import ISBI_19
+from cephnode.domain.landmarks import ISBI_19
 from cephnode.training import evaluate, isbi
 
 

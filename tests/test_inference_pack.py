@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from cephnode.inference import contract
-from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.domain.landmarks import CANONICAL_25
 from cephnode.inference.pack import PUBLISHED_NAME, PackError, default_pack_dir, load_pack, write_manifest
 from cephnode.inference.sessions import ModelSessions
 from tests.support.standin import build_standin_pack

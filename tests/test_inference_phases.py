@@ -12,7 +12,7 @@ from cephnode.inference.priors import SIGMAS_256, anchor_vector, attention_maps,
 from cephnode.inference.profile import (FALLBACK_ZONES, PAD, StageFailure, analyse_profile, profile_mask,
                                profile_points, zone_boxes)
 from cephnode.inference.zones import band_midline, longest_contour, zone_contours
-from cephnode.inference.landmarks import ANCHOR_ORDER, DERIVED_ORDER, INDEX
+from cephnode.domain.landmarks import ANCHOR_ORDER, DERIVED_ORDER, INDEX
 
 
 # ---- 0A ---------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def test_0c_0d_recover_the_anchors_from_training_contour_labels():
     from cephnode.training import zones as training_zones
     from cephnode.training.cache import canonical_image, to_canonical
     from cephnode.training.labels import derive_profile_mask
-    from cephnode.inference.landmarks import ISBI_19
+    from cephnode.domain.landmarks import ISBI_19
     from cephnode.inference.zones import SOURCES
 
     ix = {n: i for i, n in enumerate(ISBI_19)}

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.domain.landmarks import CANONICAL_25
 from cephnode.inference.pack import write_manifest
 from cephnode.inference.pipeline import Pipeline
-from cephnode.inference.result import InferenceResult
+from cephnode.domain.result import InferenceResult
 from tests.support.dicomgen import make_dx
 from tests.support.standin import build_standin_pack
 from cephnode.training import isbi

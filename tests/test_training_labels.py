@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cephnode.inference.anchors import find_anchors
-from cephnode.inference.landmarks import ISBI_19
+from cephnode.domain.landmarks import ISBI_19
 from cephnode.inference.zones import band_midline, zone_contours
 from cephnode.training import cache, isbi, labels, zones
 

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from cephnode.inference import contract
-from cephnode.inference.landmarks import ISBI_19, UNLABELLED
+from cephnode.domain.landmarks import ISBI_19, UNLABELLED
 from cephnode.inference.pack import default_pack_dir, load_pack
 from cephnode.inference.sessions import ModelSessions
 

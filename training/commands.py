@@ -211,7 +211,7 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
                         name: str = PACK_NAME, version: str = PACK_VERSION, log_dir: Path | None = None) -> Path:
     from dataclasses import asdict
 
-    from cephnode.inference.landmarks import ISBI_19
+    from cephnode.domain.landmarks import ISBI_19
     from cephnode.inference.pack import write_manifest
     from cephnode.training import evaluate
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cephnode.inference.landmarks import ISBI_19
+from cephnode.domain.landmarks import ISBI_19
 from cephnode.training import isbi
 
 THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)

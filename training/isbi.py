@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cephnode.inference.landmarks import ISBI_19
+from cephnode.domain.landmarks import ISBI_19
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Images 283 and 173 (test1) are byte-identical to 038 and 144 (train): never report them.
@@ -48,6 +48,12 @@ class IsbiCase:
 @lru_cache(maxsize=None)
 def metadata() -> dict:
     return json.loads((data_dir() / "dataset.json").read_text())
+
+
+def image_size() -> tuple[int, int]:
+    """(width, height) of the stored images."""
+    w, h = metadata()["image_size"]
+    return int(w), int(h)
 
 
 def pixel_spacing_mm() -> tuple[float, float]:

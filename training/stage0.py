@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cephnode.inference.landmarks import ANCHOR_ORDER, DERIVED_ORDER, ISBI_19
+from cephnode.domain.landmarks import ANCHOR_ORDER, DERIVED_ORDER, ISBI_19
 from cephnode.training import augment, zones
 from cephnode.training.nets import AnchorMLP, profile_net, zone_net
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cephnode.inference.landmarks import CANONICAL_25, ISBI_19, PRIOR_SIGMA_256
+from cephnode.domain.landmarks import CANONICAL_25, ISBI_19, PRIOR_SIGMA_256
 from cephnode.training import augment, heatmaps
 from cephnode.training.nets import stage1_net
 

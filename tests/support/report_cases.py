@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 from cephnode.cephalometry.annotations import result_from_points
-from cephnode.inference.landmarks import ISBI_19
-from cephnode.inference.result import InferenceResult
+from cephnode.domain.landmarks import ISBI_19
+from cephnode.domain.result import InferenceResult
 from tests.support.dicomgen import make_dx, read_grey
 from cephnode.training import isbi
 

@@ -247,7 +247,7 @@ def build_standin_pack(dest: Path, *, kind: str = "small", seed: int = 0,
               dynamic_batch=dynamic_batch and spec is contract.STAGE1)
     if manifest:
         from cephnode.inference.pack import write_manifest
-        from cephnode.inference.landmarks import CANONICAL_25
+        from cephnode.domain.landmarks import CANONICAL_25
         write_manifest(dest, name=f"standin-{kind}", version=f"0.0.{seed}", predicted=CANONICAL_25,
                        rules={}, provenance={"generator": "tests/support/standin.py", "kind": kind, "seed": seed},
                        accuracy={})
