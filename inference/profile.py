@@ -159,17 +159,22 @@ def analyse_profile(mask: np.ndarray) -> Profile:
     pts = profile_points(ys.astype(np.float64), xs_s, xs)
     if "Prn" not in pts:
         raise StageFailure("0B", "no nose tip (Prn) on the profile")
-    # Zone boxes come from the whole 0A mask's bounding box and centroid (the contract's words;
-    # training/zones.py does the same), not from the largest component alone.
-    m8 = mask.astype(np.uint8)
-    bx, by, bw, bh = cv2.boundingRect(m8)
-    mom = cv2.moments(m8, binaryImage=True)
-    bbox = (bx, by, bx + bw - 1, by + bh - 1)
-    centroid = (mom["m10"] / mom["m00"], mom["m01"] / mom["m00"])
+    bbox, centroid = mask_extent(mask)
     return Profile(ys.astype(np.float64), xs, xs_s, pts, bbox, centroid, area)
 
 
-def _clamp_box(box, size: int = WORK) -> tuple[int, int, int, int]:
+def mask_extent(mask: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[float, float]]:
+    """Inclusive bounding box (x1, y1, x2, y2) and centroid (x, y) of the whole 0A mask.
+
+    Zone boxes come from the whole mask (the contract's words), not from its largest component
+    alone; training derives its boxes from its labels through this same function."""
+    m8 = mask.astype(np.uint8)
+    bx, by, bw, bh = cv2.boundingRect(m8)
+    mom = cv2.moments(m8, binaryImage=True)
+    return (bx, by, bx + bw - 1, by + bh - 1), (mom["m10"] / mom["m00"], mom["m01"] / mom["m00"])
+
+
+def clamp_box(box, size: int = WORK) -> tuple[int, int, int, int]:
     x1, y1, x2, y2 = (int(v) for v in box)
     x1, y1 = max(0, x1), max(0, y1)
     x2, y2 = min(size, x2), min(size, y2)
@@ -189,16 +194,31 @@ def _clamp_box(box, size: int = WORK) -> tuple[int, int, int, int]:
 
 def zone_boxes(profile: Profile | None) -> dict[str, tuple[int, int, int, int]]:
     """The five zone boxes (x1, y1, x2, y2) at 512; fallback boxes when 0A failed."""
-    boxes = dict(FIXED_ZONES)
     if profile is None:
+        return zone_boxes_from_extent(None, None)
+    return zone_boxes_from_extent(profile.bbox, profile.centroid)
+
+
+def zone_boxes_from_mask(mask: np.ndarray | None) -> dict[str, tuple[int, int, int, int]]:
+    """Zone boxes straight from a profile mask (training's labels): the fallbacks when it has
+    fewer than MIN_PROFILE_PIXELS foreground pixels."""
+    if mask is None or int(np.count_nonzero(mask)) < MIN_PROFILE_PIXELS:
+        return zone_boxes_from_extent(None, None)
+    return zone_boxes_from_extent(*mask_extent(mask))
+
+
+def zone_boxes_from_extent(bbox: tuple[int, int, int, int] | None,
+                           centroid: tuple[float, float] | None) -> dict[str, tuple[int, int, int, int]]:
+    boxes = dict(FIXED_ZONES)
+    if bbox is None or centroid is None:
         boxes.update(FALLBACK_ZONES)
         return {k: boxes[k] for k in ("z1", "z2", "z3", "z4", "z5")}
-    x_min, y_min, x_max, y_max = profile.bbox
-    cy = profile.centroid[1]
+    x_min, y_min, x_max, y_max = bbox
+    cy = centroid[1]
     p = PAD
     ys = int(0.95 * cy)
     xa = int(x_max + 0.25 * (WORK - x_max))
-    boxes["z2"] = _clamp_box((0, 0, xa + 3 * p, ys + 4 * p))
-    boxes["z3"] = _clamp_box((0, ys - 4 * p, WORK, WORK))
-    boxes["z5"] = _clamp_box((x_min - 4 * p, y_min - 3 * p, x_max + 4 * p, y_max + 3 * p))
+    boxes["z2"] = clamp_box((0, 0, xa + 3 * p, ys + 4 * p))
+    boxes["z3"] = clamp_box((0, ys - 4 * p, WORK, WORK))
+    boxes["z5"] = clamp_box((x_min - 4 * p, y_min - 3 * p, x_max + 4 * p, y_max + 3 * p))
     return {k: boxes[k] for k in ("z1", "z2", "z3", "z4", "z5")}

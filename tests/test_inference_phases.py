@@ -97,8 +97,8 @@ def test_zone_boxes_follow_the_published_formulas():
 
 
 def test_small_zone_boxes_grow_to_the_minimum_side():
-    from cephnode.inference.profile import _clamp_box
-    b = _clamp_box((500, 10, 512, 40))
+    from cephnode.inference.profile import clamp_box
+    b = clamp_box((500, 10, 512, 40))
     assert b[2] - b[0] == 128 and b[3] - b[1] == 128 and b[2] <= 512 and b[0] >= 0
 
 
@@ -252,11 +252,13 @@ def test_dark_offset_is_clipped_and_flat_maps_stay_at_the_argmax():
     assert peaks[1] == 0.0 and tuple(xy[1]) == (0.0, 0.0)
 
 
-def test_zone_boxes_use_the_whole_mask_like_training():
-    from cephnode.training.zones import zone_boxes as training_zone_boxes
+def test_zone_boxes_use_the_whole_mask_as_training_does():
+    from cephnode.inference.profile import zone_boxes_from_mask
     mask, _, _ = _face_mask()
     mask[5:12, 5:12] = True                      # a speck outside the main component
-    assert zone_boxes(analyse_profile(mask)) == training_zone_boxes(mask)
+    prof = analyse_profile(mask)
+    assert prof.bbox[:2] == (5, 5)               # the extent is the whole mask's, speck included
+    assert zone_boxes(prof) == zone_boxes_from_mask(mask)   # training's boxes come from its masks this way
 
 
 def test_a_slanted_face_picks_the_chin_bump_not_the_window_edge():

@@ -10,6 +10,7 @@ import pytest
 from cephnode.inference.anchors import find_anchors
 from cephnode.domain.landmarks import ISBI_19
 from cephnode.inference.zones import band_midline, zone_contours
+from cephnode.inference.profile import zone_boxes_from_mask
 from cephnode.training import cache, isbi, labels, zones
 
 CASES = ("001", "077", "150")
@@ -30,7 +31,7 @@ def case(request):
 
 
 def _lines_from_labels(lm: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    boxes = zones.zone_boxes(mask)
+    boxes = zone_boxes_from_mask(mask)
     lines: dict[str, np.ndarray] = {}
     for z in ("z1", "z2", "z3"):  # the primary sources of each class
         lab = zones.contour_label(lm, boxes[z], z).astype(np.float32)

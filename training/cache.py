@@ -1,8 +1,8 @@
 """Decode the ISBI 2015 images once into a canonical-pose cache for training (never into the repo).
 
 Canonical pose = the CephTrace v4 contract's: face to the LEFT. ISBI faces right, so x is
-mirrored. Every image is resized to 512 x 512 (the contract's Stage 1 / profile input, bilinear
-/ area); landmarks are mapped with the same half-pixel-centre convention as cv2.resize:
+mirrored. Every image is resized to 512 x 512 by inference's own resize, and landmarks are
+mapped by inference.geometry (cv2.resize's half-pixel-centre convention):
     x512 = (x_src + 0.5) * 512 / W - 0.5
 The cache also holds the derived soft-tissue profile labels (see training.labels).
 """
@@ -15,9 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cephnode.inference.geometry import WORK, rescale
+from cephnode.inference.imageio import resize_to_work
 from cephnode.training import isbi
 
-SIZE = 512
+SIZE = WORK
 # training.labels' profile derivation the cached masks were made with (1: edge path, 2: skin search)
 PROFILE_LABEL_VERSION = 2
 
@@ -33,15 +35,12 @@ def to_canonical(points: np.ndarray, width: int, height: int, mirror: bool = Tru
     p = np.asarray(points, dtype=np.float64).copy()
     if mirror:
         p[..., 0] = (width - 1) - p[..., 0]
-    p[..., 0] = (p[..., 0] + 0.5) * SIZE / width - 0.5
-    p[..., 1] = (p[..., 1] + 0.5) * SIZE / height - 0.5
-    return p
+    return np.stack([rescale(p[..., 0], width, SIZE), rescale(p[..., 1], height, SIZE)], axis=-1)
 
 
 def from_canonical(points: np.ndarray, width: int, height: int, mirror: bool = True) -> np.ndarray:
-    p = np.asarray(points, dtype=np.float64).copy()
-    p[..., 0] = (p[..., 0] + 0.5) * width / SIZE - 0.5
-    p[..., 1] = (p[..., 1] + 0.5) * height / SIZE - 0.5
+    p = np.asarray(points, dtype=np.float64)
+    p = np.stack([rescale(p[..., 0], SIZE, width), rescale(p[..., 1], SIZE, height)], axis=-1)
     if mirror:
         p[..., 0] = (width - 1) - p[..., 0]
     return p
@@ -53,8 +52,8 @@ def canonical_image(path: Path, mirror: bool = True) -> np.ndarray:
         raise FileNotFoundError(path)
     if mirror:
         img = img[:, ::-1]
-    # Bilinear, as the contract's flow decodes and resizes (step 1).
-    return cv2.resize(np.ascontiguousarray(img), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    # inference's own resize to the 512 grid, so training sees what the pipeline is given
+    return resize_to_work(np.ascontiguousarray(img), SIZE)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cephnode.domain.landmarks import ANCHOR_ORDER, DERIVED_ORDER, ISBI_19
+from cephnode.inference.profile import clamp_box, zone_boxes_from_mask
 from cephnode.training import augment, zones
 from cephnode.training.nets import AnchorMLP, profile_net, zone_net
 
@@ -93,7 +94,7 @@ def train_profile(images: np.ndarray, masks: np.ndarray, cfg: Stage0Config, log=
 def jitter_box(rng, box, amount: int = 15):
     x1, y1, x2, y2 = box
     d = rng.integers(-amount, amount + 1, 4)
-    return zones._clamp_box(x1 + d[0], y1 + d[1], x2 + d[2], y2 + d[3])
+    return clamp_box((x1 + d[0], y1 + d[1], x2 + d[2], y2 + d[3]))
 
 
 def train_zone(zone: str, images: np.ndarray, landmarks: np.ndarray, masks: np.ndarray, cfg: Stage0Config,
@@ -101,7 +102,7 @@ def train_zone(zone: str, images: np.ndarray, landmarks: np.ndarray, masks: np.n
     n_cls = len(zones.ZONE_CLASSES[zone])
     net = zone_net(n_cls)
     geo = augment.GeometryParams(max_rotation_deg=6.0)
-    boxes = [zones.zone_boxes(m)[zone] for m in masks]
+    boxes = [zone_boxes_from_mask(m)[zone] for m in masks]
 
     def batch(rng, ids):
         xs, ys = [], []
@@ -111,7 +112,7 @@ def train_zone(zone: str, images: np.ndarray, landmarks: np.ndarray, masks: np.n
             lm = augment.warp_points(landmarks[i], m)
             box = jitter_box(rng, boxes[i])
             grey = (augment.intensity(rng, img) * 255).astype(np.uint8)
-            xs.append(zones.crop_zone(grey, box, zone).astype(np.float32) / 255.0)
+            xs.append(zones.crop_zone(grey, box, zone))
             ys.append(zones.contour_label(lm, box, zone).astype(np.float32))
         return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))
 

@@ -1,4 +1,7 @@
-"""Phase 0C training data: zone boxes as the contract computes them, crops, and contour labels.
+"""Phase 0C training data: contour labels in the zone crops.
+
+Zone boxes and crops are inference's own (inference.profile.zone_boxes_from_mask,
+inference.zones.zone_input): training sees exactly what the shipped nets will be given.
 
 Contour labels are thick polylines through annotated landmarks (canonical 512 frame, face left),
 ordered so that the contract's Phase 0D anchor rules recover the landmarks:
@@ -12,20 +15,17 @@ ordered so that the contract's Phase 0D anchor rules recover the landmarks:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from cephnode.domain.landmarks import ISBI_19
+from cephnode.inference.contract import ZONE1, ZONE2, ZONE3, ZONE4
+from cephnode.inference.zones import zone_input
 
 IX = {n: i for i, n in enumerate(ISBI_19)}
-PAD = 51
-MIN_SIDE = 128
-Z1_BOX = (77, 0, 512, 486)
-Z4_BOX = (25, 0, 512, 486)
-FALLBACK = {"z2": (0, 0, 384, 307), "z3": (0, 153, 512, 512), "z5": (0, 10, 230, 501)}
-CLAHE = {"z1": (3.0, 4), "z2": (2.5, 8), "z3": (3.0, 6), "z4": (3.5, 4), "z5": (1.5, 8)}
+# The classes each zone net outputs, in channel order: the contract's.
+ZONE_CLASSES: dict[str, tuple[str, ...]] = {spec.key: spec.classes for spec in (ZONE1, ZONE2, ZONE3, ZONE4)}
 CONTOURS: dict[str, tuple[str, ...]] = {
     "cranial_base": ("Ar", "S", "N"),
     "mandibular_border": ("Ar", "Go", "Me"),
@@ -34,53 +34,13 @@ CONTOURS: dict[str, tuple[str, ...]] = {
     "upper_incisor_axis": (),
     "lower_incisor_axis": (),
 }
-ZONE_CLASSES = {
-    "z1": ("cranial_base",),
-    "z2": ("palatal_plane", "upper_incisor_axis"),
-    "z3": ("mandibular_border", "mandibular_symphysis", "lower_incisor_axis"),
-    "z4": ("mandibular_border", "cranial_base"),
-}
 LINE_THICKNESS = 3  # px on the 256 crop: thin, so the band tip Phase 0D reads as an end point sits on the landmark
 
 
-def _clamp_box(x1: float, y1: float, x2: float, y2: float, size: int = 512) -> tuple[int, int, int, int]:
-    x1, y1, x2, y2 = (int(max(0, x1)), int(max(0, y1)), int(min(size, x2)), int(min(size, y2)))
-    # minimum side: grow around the centre, then clamp again
-    for lo, hi in ((0, 2), (1, 3)):
-        b = [x1, y1, x2, y2]
-        if b[hi] - b[lo] < MIN_SIDE:
-            c = (b[hi] + b[lo]) / 2
-            b[lo], b[hi] = int(max(0, c - MIN_SIDE / 2)), int(min(size, c + MIN_SIDE / 2))
-            if b[hi] - b[lo] < MIN_SIDE:
-                b[lo], b[hi] = (0, MIN_SIDE) if b[lo] == 0 else (size - MIN_SIDE, size)
-        x1, y1, x2, y2 = b
-    return x1, y1, x2, y2
-
-
-def zone_boxes(profile_mask: np.ndarray | None) -> dict[str, tuple[int, int, int, int]]:
-    """The contract's five zone boxes at 512 from the Phase 0A mask (fallbacks when it failed)."""
-    boxes = {"z1": Z1_BOX, "z4": Z4_BOX}
-    if profile_mask is None or int(profile_mask.sum()) < 50:
-        boxes.update(FALLBACK)
-        return boxes
-    ys, xs = np.nonzero(profile_mask)
-    x_min, y_min, x_max, y_max = xs.min(), ys.min(), xs.max(), ys.max()
-    cy = ys.mean()
-    ysc = int(0.95 * cy)
-    xa = int(x_max + 0.25 * (512 - x_max))
-    boxes["z2"] = _clamp_box(0, 0, xa + 3 * PAD, ysc + 4 * PAD)
-    boxes["z3"] = _clamp_box(0, ysc - 4 * PAD, 512, 512)
-    boxes["z5"] = _clamp_box(x_min - 4 * PAD, y_min - 3 * PAD, x_max + 4 * PAD, y_max + 3 * PAD)
-    return boxes
-
-
 def crop_zone(img512: np.ndarray, box: tuple[int, int, int, int], zone: str) -> np.ndarray:
-    """Crop, CLAHE with the zone's settings, resize to 256 (bilinear): uint8 (256,256)."""
-    x1, y1, x2, y2 = box
-    crop = np.ascontiguousarray(img512[y1:y2, x1:x2])
-    clip, tiles = CLAHE[zone]
-    crop = cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles)).apply(crop)
-    return cv2.resize(crop, (256, 256), interpolation=cv2.INTER_LINEAR)
+    """The zone net's input exactly as inference makes it (crop, the zone's CLAHE, bilinear to
+    256), as float32 (256, 256) in [0, 1]."""
+    return zone_input(img512, zone, box)[0, 0]
 
 
 def to_crop(points512: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
