@@ -43,7 +43,7 @@ def test_metrics_per_landmark_and_overall():
 
 
 def test_ablation_table_lists_both_arms():
-    from cephnode.training.commands import ablation_table
+    from cephnode.training.ablation import ablation_table
 
     rep = {"stage1": {"overall": {"mre_mm": 2.0, "sd_mm": 1.0, "sdr": {"2": 0.5, "2.5": 0.6, "3": 0.7, "4": 0.9}}},
            "images": 148}

@@ -64,7 +64,7 @@ def metrics(errors_mm: np.ndarray, names: tuple[str, ...] = ISBI_19) -> dict:
     }
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=isbi.REPO_ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -114,7 +114,7 @@ def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", thr
         "pixel_spacing_mm": {"row": spacing[0], "column": spacing[1]},
         "pack": {"name": pipe.pack.name, "version": pipe.pack.version, "root": str(pipe.pack.root)},
         "providers": {k: v for k, v in pipe.providers.items()},
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "stage1": metrics(err),
         "stage0_anchors": metrics(a_err, STAGE0_ANCHORS),
         "stage1_on_anchor_landmarks": metrics(err[:, [ISBI_19.index(a) for a in STAGE0_ANCHORS]], STAGE0_ANCHORS),

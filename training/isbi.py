@@ -79,6 +79,12 @@ def _all_cases() -> tuple[IsbiCase, ...]:
     )
 
 
+def forget_loaded_data() -> None:
+    """Drop what was read from the data folder (after $CEPHNODE_ISBI_DIR changed)."""
+    metadata.cache_clear()
+    _all_cases.cache_clear()
+
+
 def load_cases(split: str | None = None, *, exclude_duplicates: bool = False) -> list[IsbiCase]:
     cases = [c for c in _all_cases() if split is None or c.split == split]
     if exclude_duplicates:

@@ -1,4 +1,4 @@
-"""Stage 0 of the whole-pack training (`cephnode train` runs it, then Stage 1, export, manifest).
+"""The whole-pack training `cephnode train` runs: Stage 0, then Stage 1, export, manifest.
 
 Used by `cephnode train`; resumable (phase weights and Stage 1 checkpoints live in the
 checkpoint folder, never in the repository).
@@ -65,3 +65,42 @@ def _prn_or_fallback(mask: np.ndarray, lm19: np.ndarray) -> np.ndarray:
     if p is None:  # no profile: the MLP sees a missing anchor (0.5, 0.5) anyway half the time
         return np.array([255.5, 255.5])
     return p
+
+
+def torch_device(device: str, threads: int | None) -> str:
+    """The torch device for `device` ("auto" takes CUDA when torch sees one), threads set."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def json_lines_logger(path: Path):
+    """Append JSON lines to path (the progress bar owns the terminal)."""
+    fh = open(path, "a")
+
+    def log(line: str) -> None:
+        fh.write(line + "\n")
+        fh.flush()
+
+    return log
+
+
+def train_pack(out: Path, ckpt: Path, s0cfg: stage0.Stage0Config, s1cfg: stage1.Stage1Config, *, device: str,
+               reschedule: bool = False, accuracy_json: Path | None = None, bar_factory=None, say=print) -> Path:
+    """Train (resuming from `ckpt`) and export the whole pack into `out`; returns pack.json."""
+    from cephnode.training import export
+    from cephnode.training.manifest import write_pack_manifest
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    ds = cache.load()
+    say(f"training on {int((ds.split == 'train').sum())} train images, device {device}, checkpoints {ckpt}, "
+        f"logs {ckpt.parent}/stage0.log, stage1_{s1cfg.arm}.log")
+    nets = stage0_all(ds, ckpt, s0cfg, log=json_lines_logger(ckpt.parent / "stage0.log"), bar_factory=bar_factory)
+    tr = ds.split == "train"
+    stage1.train(ds.images[tr], ds.landmarks[tr], s1cfg, ckpt, log=json_lines_logger(ckpt.parent / f"stage1_{s1cfg.arm}.log"),
+                 device=device, progress=True, reschedule=reschedule)
+    nets["stage1"] = stage1.load_trained(ckpt / f"stage1_{s1cfg.arm}.pt")
+    export.export_pack(nets, out)
+    return write_pack_manifest(out, s0cfg, s1cfg, accuracy_json=accuracy_json, log_dir=ckpt.parent)

@@ -1,0 +1,34 @@
+"""Release data of the default pack: its name and version, the training schedule it was made
+with, and every committed version with the reason it replaced the one before."""
+from __future__ import annotations
+
+from pathlib import Path
+
+PACK_NAME = "cephnode-default"
+PACK_VERSION = "1.4.0"
+# 1.1.0 to 1.3.0: the 1.0.0 Stage 1 (30 epochs) continued to 42, 60, then 80 epochs (one-cycle
+# curve continued at each new length). 1.4.0: unet-s4-fine, 100 epochs on one curve from scratch.
+DEFAULT_STAGE1_EPOCHS = 100
+# The ablation table in the README was measured at 30 epochs per arm.
+ABLATION_STAGE1_EPOCHS = 30
+# Every committed default pack, and why it replaced the one before (test1, 173/283 excluded).
+PACK_HISTORY = (
+    {"version": "1.0.0", "stage1_epochs": 30, "test1_mre_mm": 1.522, "test1_sdr_2mm": 0.754},
+    {"version": "1.1.0", "stage1_epochs": 42, "test1_mre_mm": 1.466, "test1_sdr_2mm": 0.771,
+     "why": "cephnode evaluate on test1 beat 1.0.0 at MRE and every SDR radius; Stage 0 unchanged"},
+    {"version": "1.2.0", "stage1_epochs": 60, "test1_mre_mm": 1.397, "test1_sdr_2mm": 0.796,
+     "why": "cephnode evaluate on test1 beat 1.1.0 at MRE and every SDR radius; Stage 0 unchanged"},
+    {"version": "1.3.0", "stage1_epochs": 80, "test1_mre_mm": 1.360, "test1_sdr_2mm": 0.813,
+     "why": "cephnode evaluate on test1 beat 1.2.0 at MRE and every SDR radius; Stage 0 unchanged"},
+    {"version": "1.4.0", "stage1_epochs": 100, "stage1_arch": "unet-s4-fine", "test1_mre_mm": 1.227,
+     "test1_sdr_2mm": 0.842,
+     "why": "a new Stage 1 (decoder block at 256, trained from scratch, 100 epochs): cephnode evaluate on "
+            "test1 beat 1.3.0 at MRE and every SDR radius; Stage 0 unchanged"},
+)
+
+
+def report_dir() -> Path:
+    """Where the default pack's evaluation reports live (a checkout's models/default/evaluation)."""
+    from cephnode.models import default_pack_dir
+
+    return default_pack_dir() / "evaluation"
