@@ -5,8 +5,8 @@
 For (a) the default pack (if models/default/pack.json exists) and (b) a stand-in pack with
 the published sizes and random weights (built once under ~/.cache/cephnode), each in its own
 subprocess so peak RSS belongs to that configuration alone:
-  * ISBI test1 images (968 x 1200, 8-bit JPEG) through Pipeline.run_file,
-  * a full-size 2000 x 2500 16-bit DICOM through Pipeline.run_file (pydicom decoding included
+  * ISBI test1 images (968 x 1200, 8-bit JPEG) through dicom_io.image_files.trace_file,
+  * a full-size 2000 x 2500 16-bit DICOM through dicom_io.image_files.trace_file (pydicom decoding included
     in 'read_file').
 Per phase and in total: p50 / p95 wall milliseconds; 'networks' is ONNX Runtime's share,
 'outside_networks' everything else (decoding excluded: it is 'read_file'), which the
@@ -55,19 +55,20 @@ def make_dicom(path: Path) -> Path:
 
 
 def worker(pack: str, images: list[str], dicom: str, dicom_runs: int, threads: int | None) -> dict:
+    from cephnode.dicom_io.image_files import trace_file
     from cephnode.inference.pipeline import Pipeline
 
     t0 = time.perf_counter()
     pipe = Pipeline.load(pack, device="cpu", threads=threads)
     load_ms = (time.perf_counter() - t0) * 1e3
-    pipe.run_file(images[0])                       # warm-up: first runs allocate arenas
+    trace_file(pipe, images[0])                       # warm-up: first runs allocate arenas
     rows = []
     for img in images:
-        rows.append(pipe.run_file(img).timings_ms)
+        rows.append(trace_file(pipe, img).timings_ms)
     drows = []
     for _ in range(dicom_runs):
-        drows.append(pipe.run_file(dicom).timings_ms)
-    r = pipe.run_file(images[0])
+        drows.append(trace_file(pipe, dicom).timings_ms)
+    r = trace_file(pipe, images[0])
     return {
         "pack": pipe.pack.name, "version": pipe.pack.version, "pack_dir": pack,
         "pack_mb": round(sum(p.stat().st_size for p in pipe.pack.files.values()) / 1e6, 1),

@@ -1,14 +1,13 @@
-"""Decode an input once and bring it to the 512 x 512 working grid.
+"""Bring an input image once to the 512 x 512 working grid.
 
-Accepts grey (H, W) or RGB (H, W, 3) arrays (uint8, uint16 or any integer type, or float),
-and files: PNG/JPEG/TIFF/BMP through OpenCV (IMREAD_UNCHANGED keeps 16-bit data) and DICOM
-through dicom_io.pixels. The full-size image is touched once, by the resize; intensity
-scaling happens on the 512 x 512 result.
+Accepts grey (H, W) or RGB (H, W, 3) arrays (uint8, uint16 or any integer type, or float);
+files are decoded by the caller (dicom_io.image_files for the command line, dicom_io.pixels in
+the node). The full-size image is touched once, by the resize; intensity scaling happens on
+the 512 x 512 result.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -28,15 +27,6 @@ class WorkImage:
     rgb: np.ndarray | None      # (512, 512, 3) float32 in [0, 1] when the input had colour, else None
     width: int                  # original image size (before any turn)
     height: int
-
-
-@dataclass
-class FileImage:
-    """A decoded file: the pixels plus what the file says about geometry."""
-    pixels: np.ndarray
-    pixel_spacing_mm: tuple[float, float] | None = None
-    patient_orientation: tuple[str, str] | None = None
-    source: str = ""
 
 
 def resize_to_work(img: np.ndarray, size: int = WORK) -> np.ndarray:
@@ -183,36 +173,3 @@ def work_image(n: Normalised, pose: tuple[int, bool] = (0, False)) -> WorkImage:
 def prepare(image: np.ndarray, pose: tuple[int, bool] = (0, False)) -> WorkImage:
     """Any grey/RGB array -> the 512 working image (float32 [0, 1]) in the given pose."""
     return work_image(normalise_input(image), pose)
-
-
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def read_file(path: str | Path) -> FileImage:
-    """Decode one file (raster or DICOM) once."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
-    if _is_dicom(path):
-        from cephnode.dicom_io.pixels import read_dicom_image    # pydicom only when a DICOM file comes in
-
-        try:
-            di = read_dicom_image(path)
-        except Exception as exc:
-            raise ImageError(f"{path}: {exc}") from exc
-        return FileImage(di.pixels, di.pixel_spacing_mm, di.patient_orientation, "dicom")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageError(f"{path}: not a readable image (PNG, JPEG, TIFF, BMP or DICOM)")
-    if img.ndim == 3:
-        code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
-        img = cv2.cvtColor(img, code)
-    return FileImage(img, None, None, path.suffix.lower().lstrip("."))

@@ -25,7 +25,7 @@ from cephnode.inference import contract
 from cephnode.inference.anchors import find_anchors, work_px_per_mm
 from cephnode.inference.decode import decode_heatmaps
 from cephnode.inference.geometry import WORK, from_work, heat_to_work
-from cephnode.inference.imageio import WorkImage, normalise_input, read_file, thumbnail, work_image
+from cephnode.inference.imageio import WorkImage, normalise_input, thumbnail, work_image
 from cephnode.domain.landmarks import CANONICAL_25, INDEX, confidence_level
 from cephnode.inference.orientation import detect_pose, inverse_points, pose_from_patient_orientation
 from cephnode.inference.pack import ModelPack, load_pack
@@ -152,18 +152,6 @@ class Pipeline:
                 heat = self._net(prep, contract.STAGE1.key, x)
             out.append(self._finish(prep, heat[0]))
         return out
-
-    def run_file(self, path: str | Path, **kw) -> InferenceResult:
-        """PNG/JPEG/TIFF/BMP/DICOM file; DICOM spacing and Patient Orientation are used."""
-        t0 = time.perf_counter()
-        f = read_file(path)
-        read_ms = (time.perf_counter() - t0) * 1e3
-        kw.setdefault("pixel_spacing_mm", f.pixel_spacing_mm)
-        kw.setdefault("patient_orientation", f.patient_orientation)
-        kw.setdefault("name", Path(path).name)
-        result = self.run(f.pixels, **kw)
-        result.timings_ms = {"read_file": round(read_ms, 3), **result.timings_ms}
-        return result
 
     # ---- steps -----------------------------------------------------------------------------
 

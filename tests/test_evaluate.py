@@ -52,7 +52,7 @@ def test_ablation_table_lists_both_arms():
 
 
 def test_evaluate_command_on_real_test_images_with_the_default_pack(tmp_path):
-    from cephnode.node.cli import main
+    from cephnode.cli.main import main
 
     assert main(["evaluate", "--split", "test1", "--limit", "3", "--threads", "1", "--device", "cpu",
                  "--out", str(tmp_path)]) == 0

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cephnode.dicom_io.image_files import trace_file
 from cephnode.domain.landmarks import CANONICAL_25
 from cephnode.inference.pack import write_manifest
 from cephnode.inference.pipeline import Pipeline
@@ -72,7 +73,7 @@ def test_uint16_float_rgb_and_files_give_the_same_tracing(pipe, grey, tmp_path):
     cv2.imwrite(str(tmp_path / "a8.png"), grey)
     assert np.abs(_xy(pipe.run(np.repeat(grey[:, :, None], 3, axis=2))) - ref).max() < 1e-6
     for f in ("a.tif", "a.bmp", "a8.png"):
-        r = pipe.run_file(tmp_path / f)
+        r = trace_file(pipe, tmp_path / f)
         assert r.image_name == f and "read_file" in r.timings_ms
         assert np.abs(_xy(r) - ref).max() < 1e-6, f
     # Float and 16-bit inputs reach the same working image (up to 8-bit rounding, or the
@@ -86,7 +87,7 @@ def test_uint16_float_rgb_and_files_give_the_same_tracing(pipe, grey, tmp_path):
         w = prepare(arr).grey
         assert np.corrcoef(w.ravel(), base.ravel())[0, 1] > 0.995
         assert not pipe.run(arr).degraded
-    r16 = pipe.run_file(tmp_path / "a16.png")
+    r16 = trace_file(pipe, tmp_path / "a16.png")
     assert not r16.degraded and np.isfinite(_xy(r16)).all()
 
 
@@ -94,10 +95,10 @@ def test_dicom_file_uses_its_spacing_and_orientation(pipe, grey, tmp_path):
     ds = make_dx(grey, pixel_spacing_mm=(0.2, 0.2), bits=12, patient_orientation=("A", "F"))
     path = tmp_path / "x.dcm"
     ds.save_as(path, enforce_file_format=True)
-    r = pipe.run_file(path)
+    r = trace_file(pipe, path)
     assert r.pixel_spacing_mm == (0.2, 0.2)
     assert r.orientation.source == "dicom" and r.orientation.flipped
-    # run_file is exactly: decode with dicom_io.pixels, then run() with the file's geometry
+    # trace_file is exactly: decode with dicom_io.pixels, then run() with the file's geometry
     from cephnode.dicom_io.pixels import read_dicom_image
     di = read_dicom_image(path)
     same = pipe.run(di.pixels, pixel_spacing_mm=di.pixel_spacing_mm, patient_orientation=di.patient_orientation)

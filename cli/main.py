@@ -2,10 +2,10 @@
 
 `python -m cephnode` runs it too. Each area registers its own sub-commands (small modules
 with one job each):
-  inference.commands   infer, models
-  training.commands    train, evaluate, ablation
-  node.commands        serve, status, retry, echo, config
-  dicom_io.commands    report
+  cli.infer    infer, models
+  cli.train    train, evaluate, ablation
+  cli.node     serve, status, retry, echo, config
+  cli.report   report
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("cephnode.inference.commands", "cephnode.training.commands", "cephnode.node.commands", "cephnode.dicom_io.commands")
+COMMAND_MODULES = ("cephnode.cli.infer", "cephnode.cli.train", "cephnode.cli.node", "cephnode.cli.report")
 
 
 def version_text() -> str:

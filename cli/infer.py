@@ -59,7 +59,8 @@ def _table(result) -> str:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from cephnode.inference.imageio import ImageError, read_file
+    from cephnode.dicom_io.image_files import read_file
+    from cephnode.inference.imageio import ImageError
     from cephnode.inference.overlay import write_overlay
     from cephnode.inference.pipeline import Pipeline
 
