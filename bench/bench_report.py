@@ -16,7 +16,6 @@ The machine's load average is recorded: on a shared host the figures move with i
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -78,8 +77,8 @@ def bench_size(path: Path, result, runs: int) -> dict:
     import pydicom
 
     from cephnode.cephalometry.analysis import analyse
-    from cephnode.cephalometry.tracing import NothingTraced
-    from cephnode.dicom_io.outputs import _BUILDERS, OUTPUT_KINDS, build_outputs, instance_uid, series_uid
+    from cephnode.dicom_io.outputs import build_output, build_outputs
+    from cephnode.domain.outputs import ALL_OUTPUT_KINDS
     from cephnode.dicom_io.pixels import read_dicom_image
 
     def node_source():
@@ -93,18 +92,11 @@ def bench_size(path: Path, result, runs: int) -> dict:
         t = time.perf_counter()
         analysis = analyse(result)
         row["analysis"] = (time.perf_counter() - t) * 1000
-        for kind in OUTPUT_KINDS:
+        for kind in ALL_OUTPUT_KINDS:
             source = node_source()
-            module, func, number, _draws_pixels = _BUILDERS[kind]   # the SC decodes the source itself, as `cephnode report` does
-            build = getattr(importlib.import_module(module), func)
-            t = time.perf_counter()
-            try:
-                built = build(source, result, analysis, pack_name=PACK_NAME, pack_version=PACK_VERSION,
-                              series_uid=series_uid(source, PACK_VERSION, kind),
-                              sop_uid=instance_uid(source, PACK_VERSION, kind), series_number=number)
-            except NothingTraced:
-                built = None
-            row[kind] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()   # no image given: the SC decodes the source itself, as `cephnode report` does
+            built = build_output(kind, source, result, analysis, pack_name=PACK_NAME, pack_version=PACK_VERSION)
+            row[str(kind)] = (time.perf_counter() - t) * 1000
             if built is not None:
                 t = time.perf_counter()
                 built.save_as(BytesIO(), enforce_file_format=True)

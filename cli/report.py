@@ -42,7 +42,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     import cv2
 
     from cephnode.cephalometry.analysis import analyse
-    from cephnode.dicom_io.outputs import build_outputs, parse_kinds
+    from cephnode.dicom_io.outputs import build_outputs
+    from cephnode.domain.outputs import OutputKind, parse_kinds
     from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 
     try:
@@ -82,11 +83,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind, ds in zip(kinds, objects):
+    for kind, ds in objects.items():
         path = out / f"{kind}-{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
-        written.append((kind, path))
-        if kind == "sc":
+        written.append((str(kind), path))
+        if kind is OutputKind.SC:
             png = out / f"tracing-sheet-{ds.SOPInstanceUID}.png"
             cv2.imwrite(str(png), cv2.cvtColor(ds.pixel_array, cv2.COLOR_RGB2BGR))
             written.append(("png", png))

@@ -18,9 +18,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-OutputKind = Literal["sr", "seg", "gsps", "sc"]
-ALL_OUTPUT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc")
-DEFAULT_OUTPUT_KINDS: list[str] = ["sr", "seg", "gsps"]
+from cephnode.domain.outputs import DEFAULT_OUTPUT_KINDS, OutputKind
 
 _AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash or controls
 

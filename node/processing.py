@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from cephnode.config.schema import NodeConfig
 from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 from cephnode.dicom_io.spool import safe_name, write_atomic
+from cephnode.domain.outputs import OutputKind
 from cephnode.node.jobstore import Job, JobStore
 from cephnode.node.logs import get_logger, phi_fields
 from cephnode.node.result_objects import build_result_objects
@@ -28,7 +29,7 @@ log = get_logger("cephnode.processing")
 
 @dataclass
 class ProducedObject:
-    kind: str
+    kind: OutputKind
     sop_uid: str
     sop_class: str
     path: str
@@ -38,14 +39,14 @@ class JobFailed(Exception):
     """The input cannot be processed; the message is the reason shown to the admin."""
 
 
-def wanted_kinds(cfg: NodeConfig) -> list[str]:
+def wanted_kinds(cfg: NodeConfig) -> list[OutputKind]:
+    """Every kind some destination (or the outbox) wants, in build order."""
     kinds = set(cfg.processing.outbox_kinds)
     for d in cfg.destinations:
         kinds.update(d.kinds)
     if cfg.return_to_sender.enabled:
         kinds.update(cfg.return_to_sender.kinds)
-    order = ("sr", "seg", "gsps", "sc")
-    return [k for k in order if k in kinds]
+    return [k for k in OutputKind if k in kinds]
 
 
 class Processor:
@@ -126,7 +127,7 @@ class Processor:
         if not built.objects and built.problems:
             raise JobFailed("no result object could be built: " + "; ".join(f"{k}: {v}" for k, v in built.problems.items()))
         notes.extend(f"{k} not built: {v}" for k, v in built.problems.items())
-        for kind, out in built.objects:
+        for kind, out in built.objects.items():
             path = folder / f"{kind}-{safe_name(str(out.SOPInstanceUID))}.dcm"
             buf = BytesIO()
             out.save_as(buf, enforce_file_format=True)

@@ -83,3 +83,25 @@ def test_report_writes_every_object_from_the_real_pipeline(models_dir, dicom_fil
 def test_report_refuses_unknown_kinds(dicom_file, tmp_path):
     proc = _report(str(dicom_file), "--out", str(tmp_path), "--kinds", "sr,pdf")
     assert proc.returncode == 2 and "unknown output kind" in proc.stderr
+
+
+def test_files_are_named_by_what_they_are_when_the_seg_is_left_out(tmp_path):
+    """With nothing traced the SEG is not built; every other file still carries its own kind
+    (a zip of the requested kinds with the built objects once shifted the names after SEG)."""
+    from tests.support.report_cases import isbi_report_case
+
+    case = isbi_report_case("010")
+    for lm in case.result.landmarks:
+        if lm.name not in ("S", "A", "Pog", "UL"):      # one point per structure: no contour to draw
+            lm.x = lm.y = None
+            lm.level, lm.predicted = "unavailable", False
+    source = tmp_path / "source.dcm"
+    case.source.save_as(source, enforce_file_format=True)
+    result = tmp_path / "result.json"
+    result.write_text(case.result.to_json())
+    out = tmp_path / "out"
+    proc = _report(str(source), "--out", str(out), "--result", str(result))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    modality = {"sr": "SR", "gsps": "PR", "sc": "OT"}
+    named = {p.name.split("-")[0]: pydicom.dcmread(p, stop_before_pixels=True).Modality for p in out.glob("*.dcm")}
+    assert named == modality

@@ -13,7 +13,8 @@ from cephnode.cephalometry.analysis import analyse
 from cephnode.cephalometry.tracing import traced_structures
 from cephnode.dicom_io import codes
 from cephnode.dicom_io.gsps import key_lines
-from cephnode.dicom_io.outputs import OUTPUT_KINDS, build_outputs, instance_uid
+from cephnode.dicom_io.outputs import build_outputs, instance_uid
+from cephnode.domain.outputs import ALL_OUTPUT_KINDS, OutputKind
 from cephnode.dicom_io.seg import band_width_px, rasterise
 from cephnode.dicom_io.tracing_sheet import ROW_COLOURS, STRUCTURE_COLOURS
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
@@ -33,9 +34,8 @@ def case():
 
 @pytest.fixture(scope="module")
 def objects(case):
-    made = build_outputs(case.source, case.result, kinds=("seg", "gsps", "sc"), pack_name=PACK_NAME,
+    return build_outputs(case.source, case.result, kinds=("seg", "gsps", "sc"), pack_name=PACK_NAME,
                          pack_version=PACK_VERSION)
-    return dict(zip(("seg", "gsps", "sc"), made))
 
 
 def _roundtrip(ds) -> pydicom.Dataset:
@@ -68,10 +68,10 @@ def test_object_joins_the_source_study_in_its_own_series(case, objects, kind):
 
 def test_every_kind_gets_a_distinct_series():
     c = isbi_report_case("005")
-    made = build_outputs(c.source, c.result, pack_name="p", pack_version="v")
+    made = build_outputs(c.source, c.result, pack_name="p", pack_version="v").values()
     assert [d.Modality for d in made] == ["SR", "SEG", "PR", "OT"]
-    assert len({d.SeriesInstanceUID for d in made}) == len(OUTPUT_KINDS)
-    assert len({d.SOPInstanceUID for d in made}) == len(OUTPUT_KINDS)
+    assert len({d.SeriesInstanceUID for d in made}) == len(ALL_OUTPUT_KINDS)
+    assert len({d.SOPInstanceUID for d in made}) == len(ALL_OUTPUT_KINDS)
 
 
 def test_seg_has_one_binary_segment_per_traced_structure(case, objects):
@@ -150,7 +150,7 @@ def test_a_source_without_spacing_or_orientation_still_gives_valid_objects(tmp_p
     still be valid (mm values left out, Image Library without the projection descriptors)."""
     c = isbi_report_case("008", spacing=False)
     c.source.PatientOrientation = ""
-    made = build_outputs(c.source, c.result, pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    made = build_outputs(c.source, c.result, pack_name=PACK_NAME, pack_version=PACK_VERSION).values()
     for ds in made:
         path = tmp_path / f"{ds.Modality}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -163,7 +163,7 @@ def test_a_degraded_tracing_is_said_so_in_every_object():
     c = isbi_report_case("009")
     c.result.degraded = True
     c.result.stage0.ok, c.result.stage0.failed_phase, c.result.stage0.reason = False, "0A", "profile mask too small"
-    sr, _, gsps, sc = build_outputs(c.source, c.result, pack_name="p", pack_version="v")
+    sr, _, gsps, sc = build_outputs(c.source, c.result, pack_name="p", pack_version="v").values()
     report = hd.sr.ComprehensiveSR.from_dataset(sr).content
     status = [qe.value.value for g in report.get_image_measurement_groups()
               for qe in g.get_qualitative_evaluations() if qe.name.value == codes.TRACING_STATUS.value]
@@ -172,7 +172,7 @@ def test_a_degraded_tracing_is_said_so_in_every_object():
     assert any(t.startswith("DEGRADED tracing: Stage 0 0A failed (profile mask too small)") for t in texts)
     # the title of the sheet is drawn in ink: a degraded sheet differs from a normal one there
     c.result.degraded = False
-    normal = build_outputs(c.source, c.result, kinds="sc", pack_name="p", pack_version="v")[0]
+    normal = list(build_outputs(c.source, c.result, kinds="sc", pack_name="p", pack_version="v").values())[0]
     cols = c.source.Columns
     assert (sc.pixel_array[:40, cols:] != normal.pixel_array[:40, cols:]).any()
 
@@ -184,7 +184,8 @@ def test_nothing_to_trace_leaves_the_seg_out_but_keeps_the_others():
             lm.x = lm.y = None
             lm.level, lm.predicted = "unavailable", False
     made = build_outputs(c.source, c.result, pack_name="p", pack_version="v")
-    assert [d.Modality for d in made] == ["SR", "PR", "OT"]
+    assert list(made) == [OutputKind.SR, OutputKind.GSPS, OutputKind.SC]
+    assert [d.Modality for d in made.values()] == ["SR", "PR", "OT"]
 
 
 @pytest.mark.parametrize("monochrome1, shape", [(False, "IDENTITY"), (True, "INVERSE")])
@@ -198,7 +199,7 @@ def test_gsps_keeps_the_source_display_pipeline(monochrome1, shape):
     case = next(x for x in isbi.load_cases() if x.case_id == "012")
     src = make_dx(read_grey(case.image_path), bits=12, monochrome1=monochrome1, window=(1800.0, 3000.0),
                   pixel_spacing_mm=isbi.pixel_spacing_mm())
-    (gsps,) = build_outputs(src, c.result, kinds="gsps", pack_name="p", pack_version="v")
+    (gsps,) = build_outputs(src, c.result, kinds="gsps", pack_name="p", pack_version="v").values()
     assert gsps.PresentationLUTShape == shape
     voi = gsps.SoftcopyVOILUTSequence[0]
     assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (1800.0, 3000.0)
@@ -219,7 +220,7 @@ def _all_uids(ds: pydicom.Dataset) -> list[tuple[str, str]]:
 def test_a_rebuild_writes_the_very_same_uids(case, objects, kind):
     # A job retried after a crash must produce the very same instances, down to every UID inside
     # them (highdicom draws some, e.g. the SEG's Dimension Organization UID, at random).
-    (again,) = build_outputs(case.source, case.result, kinds=[kind], pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    (again,) = build_outputs(case.source, case.result, kinds=[kind], pack_name=PACK_NAME, pack_version=PACK_VERSION).values()
     assert _all_uids(again) == _all_uids(objects[kind])
 
 
@@ -229,11 +230,11 @@ def test_tracing_sheet_from_the_callers_decoded_image_is_the_same(case, objects)
 
     image = read_dicom_image(case.source)
     (sc,) = build_outputs(case.source, case.result, kinds=["sc"], pack_name=PACK_NAME, pack_version=PACK_VERSION,
-                          image=image)
+                          image=image).values()
     assert sc.SOPInstanceUID == objects["sc"].SOPInstanceUID
     assert np.array_equal(sc.pixel_array, objects["sc"].pixel_array)
     # and the image really is what is drawn: a blank one gives a different sheet
     blank = dataclasses.replace(image, pixels=np.zeros_like(image.pixels))
     (other,) = build_outputs(case.source, case.result, kinds=["sc"], pack_name=PACK_NAME, pack_version=PACK_VERSION,
-                             image=blank)
+                             image=blank).values()
     assert not np.array_equal(other.pixel_array, objects["sc"].pixel_array)

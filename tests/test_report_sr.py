@@ -44,7 +44,7 @@ def case():
 
 @pytest.fixture(scope="module")
 def sr(case):
-    (ds,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    (ds,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name=PACK_NAME, pack_version=PACK_VERSION).values()
     return ds
 
 
@@ -79,9 +79,9 @@ def test_sr_joins_the_study_with_deterministic_uids(case, sr):
         assert sr.get(attr) == src.get(attr), attr
     assert sr.SOPInstanceUID == instance_uid(src, PACK_VERSION, "sr")
     assert sr.SeriesInstanceUID == series_uid(src, PACK_VERSION, "sr")
-    (again,) = build_outputs(src, case.result, kinds="sr", pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    (again,) = build_outputs(src, case.result, kinds="sr", pack_name=PACK_NAME, pack_version=PACK_VERSION).values()
     assert again.SOPInstanceUID == sr.SOPInstanceUID and again.SeriesInstanceUID == sr.SeriesInstanceUID
-    (other,) = build_outputs(src, case.result, kinds="sr", pack_name=PACK_NAME, pack_version="another")
+    (other,) = build_outputs(src, case.result, kinds="sr", pack_name=PACK_NAME, pack_version="another").values()
     assert other.SOPInstanceUID != sr.SOPInstanceUID
     schemes = {item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence}
     assert codes.SCHEME in schemes
@@ -172,7 +172,7 @@ def test_confidence_and_rule_based_landmarks_are_coded():
     pog.level, pog.confidence = "low", 0.12
     sn = case.result.landmark("Sn")
     sn.predicted, sn.note = False, "Phase 0B profile geometry"
-    (ds,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name="p", pack_version="v")
+    (ds,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name="p", pack_version="v").values()
     report = hd.sr.ComprehensiveSR.from_dataset(ds).content
     by_name = {}
     for g in report.get_planar_roi_measurement_groups():
@@ -191,7 +191,7 @@ def test_confidence_and_rule_based_landmarks_are_coded():
 
 def test_unknown_spacing_sr_has_no_mm_values_and_says_why():
     case = isbi_report_case("003", spacing=False)
-    (ds,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name="p", pack_version="v")
+    (ds,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name="p", pack_version="v").values()
     report = hd.sr.ComprehensiveSR.from_dataset(ds).content
     units, status = set(), {}
     for g in report.get_image_measurement_groups():
@@ -207,7 +207,7 @@ def test_unknown_spacing_sr_has_no_mm_values_and_says_why():
 
 def test_unknown_kinds_are_refused(case):
     with pytest.raises(ValueError, match="unknown output kind"):
-        build_outputs(case.source, case.result, kinds="sr,pdf", pack_name="p", pack_version="v")
+        build_outputs(case.source, case.result, kinds="sr,pdf", pack_name="p", pack_version="v").values()
 
 
 def _without_creation_times(ds) -> bytes:
@@ -230,8 +230,8 @@ def test_reports_share_nothing_and_a_rebuild_gives_the_same_bytes(case, sr):
     first = _sr_bytes(sr)
     other = isbi_report_case("042", annotator="junior")
     (other_sr,) = build_outputs(other.source, other.result, kinds=["sr"], pack_name=PACK_NAME,
-                                pack_version=PACK_VERSION)
-    (again,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name=PACK_NAME, pack_version=PACK_VERSION)
+                                pack_version=PACK_VERSION).values()
+    (again,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name=PACK_NAME, pack_version=PACK_VERSION).values()
     assert _sr_bytes(sr) == first
     assert _without_creation_times(other_sr) != _without_creation_times(sr)
     assert _without_creation_times(again) == _without_creation_times(sr)

@@ -24,8 +24,8 @@ SOP_CLASSES = {
 @pytest.mark.slow
 def test_orthanc_accepts_each_object_by_c_store(tmp_path):
     case = isbi_report_case("006")
-    objects = dict(zip(SOP_CLASSES, build_outputs(case.source, case.result, pack_name=PACK_NAME,
-                                                  pack_version=PACK_VERSION)))
+    objects = build_outputs(case.source, case.result, pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    assert list(objects) == list(SOP_CLASSES)
     files = [tmp_path / "source.dcm"]
     case.source.save_as(files[0], enforce_file_format=True)
     for kind, ds in objects.items():

@@ -1,0 +1,34 @@
+"""The kinds of DICOM object cephnode returns for a traced image: the one list of them.
+
+The value of each kind is the name admins write in the configuration (`kinds = ["sr", "seg"]`),
+the prefix of its file in the outbox and the key of its builder in dicom_io.outputs. Adding a
+kind starts here: a member below, then its builder in dicom_io.outputs.BUILDERS (a test checks
+that every kind has one).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+
+class OutputKind(StrEnum):
+    """A kind of result object, in the order objects are built and delivered."""
+    SR = "sr"        # Comprehensive SR, TID 1500: landmarks and measurements
+    SEG = "seg"      # binary segmentation of the traced contours
+    GSPS = "gsps"    # grayscale softcopy presentation state drawing the tracing
+    SC = "sc"        # secondary-capture tracing sheet
+
+
+ALL_OUTPUT_KINDS: tuple[OutputKind, ...] = tuple(OutputKind)
+# What a destination receives when its configuration names no kinds.
+DEFAULT_OUTPUT_KINDS: tuple[OutputKind, ...] = (OutputKind.SR, OutputKind.SEG, OutputKind.GSPS)
+
+
+def parse_kinds(kinds: str | Iterable[str]) -> tuple[OutputKind, ...]:
+    """'sr,seg' or ['sr', 'seg'] -> (SR, SEG) in build order; an unknown kind is a ValueError."""
+    items = kinds.split(",") if isinstance(kinds, str) else [str(k) for k in kinds]
+    wanted = {k.strip().lower() for k in items if k.strip()}
+    unknown = wanted - {k.value for k in OutputKind}
+    if unknown:
+        raise ValueError(f"unknown output kind(s) {sorted(unknown)}; choose from {', '.join(OutputKind)}")
+    return tuple(k for k in OutputKind if k.value in wanted)
