@@ -60,14 +60,6 @@ class Measurement:
         return self.value is not None
 
     @property
-    def norm_mean(self) -> float | None:
-        return self.norm.mean
-
-    @property
-    def norm_sd(self) -> float | None:
-        return self.norm.sd
-
-    @property
     def status(self) -> str:
         """'within', 'above', 'below' the norm, or 'no-norm' / 'omitted'."""
         if self.value is None:

@@ -57,7 +57,6 @@ LANDMARKS: dict[str, Code] = {
 }
 LANDMARK_BY_CODE: dict[tuple[str, str], str] = {(c.scheme_designator, c.value): n for n, c in LANDMARKS.items()}
 
-CEPHALOMETRIC_LANDMARK = private("CEPH-LANDMARK", "Cephalometric landmark")
 LANDMARK_CONFIDENCE = private("LM-CONFIDENCE", "Landmark detection confidence")
 LANDMARK_CONFIDENCE_LEVEL = private("LM-CONF-LEVEL", "Landmark confidence level")
 CONFIDENCE_LEVELS: dict[str, Code] = {
@@ -126,7 +125,6 @@ NORMALITY: dict[str, Code] = {
     "below": codes.SCT.AbnormallyLow,
 }
 
-MEASUREMENT_STATUS = private("MEAS-STATUS", "Measurement status")
 NOT_COMPUTED_LANDMARK = private("NC-LANDMARK", "Not computed: a landmark it needs is unavailable")
 NOT_COMPUTED_SPACING = private("NC-SPACING", "Not computed: pixel spacing unknown, mm cannot be measured")
 NOT_COMPUTED_DEGENERATE = private("NC-DEGENERATE", "Not computed: landmarks coincide, no line or angle")

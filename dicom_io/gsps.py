@@ -17,8 +17,8 @@ from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.result import InferenceResult
+from cephnode.dicom_io.equipment import DEVICE_SERIAL_NUMBER, MANUFACTURER, model_name, software_versions
 
-MANUFACTURER = "cephnode"
 PIXEL = hd.pr.AnnotationUnitsValues.PIXEL
 
 # What an orthodontist looks at first; in this order on the image.
@@ -155,9 +155,9 @@ def build_gsps(
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
-        manufacturer_model_name=f"CephTrace v4 ({pack_name})"[:64],
-        software_versions=pack_version[:64],
-        device_serial_number="0",
+        manufacturer_model_name=model_name(pack_name),
+        software_versions=software_versions(pack_version),
+        device_serial_number=DEVICE_SERIAL_NUMBER,
         content_label="CEPH_TRACING",
         content_description=f"Cephalometric tracing ({pack_name} {pack_version})"[:64],
         graphic_annotations=annotations,

@@ -16,10 +16,10 @@ from cephnode.cephalometry.tracing import NothingTraced, TracedStructure, traced
 from cephnode.dicom_io import codes
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.result import InferenceResult
+from cephnode.dicom_io.equipment import DEVICE_SERIAL_NUMBER, MANUFACTURER, model_name, software_versions
 
 BAND_MM = 1.0
 BAND_PX_WITHOUT_SPACING = 5
-MANUFACTURER = "cephnode"
 
 # CIELab display colours (highdicom converts from RGB) so viewers tell the structures apart.
 _COLOURS = {
@@ -96,9 +96,9 @@ def build_seg(
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
-        manufacturer_model_name=f"CephTrace v4 ({pack_name})"[:64],
-        software_versions=pack_version[:64],
-        device_serial_number="0",
+        manufacturer_model_name=model_name(pack_name),
+        software_versions=software_versions(pack_version),
+        device_serial_number=DEVICE_SERIAL_NUMBER,
         content_label="CEPH_TRACING",
         content_description="Cephalometric tracing",
         series_description=f"Cephalometric tracing SEG ({pack_name} {pack_version})"[:64],

@@ -45,9 +45,9 @@ from cephnode.cephalometry.analysis import Measurement as CephMeasurement
 from cephnode.dicom_io import codes
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.result import InferenceResult, Landmark
+from cephnode.dicom_io.equipment import MANUFACTURER
 
 PIXEL_CORNER_OFFSET = 0.5
-MANUFACTURER = "cephnode"
 
 
 class _Parts:

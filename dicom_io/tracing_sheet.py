@@ -16,8 +16,8 @@ from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
 from cephnode.dicom_io.pixels import DicomImage, read_dicom_image
 from cephnode.domain.result import InferenceResult
+from cephnode.dicom_io.equipment import MANUFACTURER
 
-MANUFACTURER = "cephnode"
 MAX_IMAGE_HEIGHT = 1600          # px of the radiograph on the sheet
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 

@@ -31,8 +31,5 @@ STAGE1 = ModelSpec("stage1", "stage1/v4_stage1.onnx", "1",
                    (1, 28, 512, 512), ((1, 25, 256, 256),))
 
 MODELS: tuple[ModelSpec, ...] = (PROFILE, ZONE1, ZONE2, ZONE3, ZONE4, PHASE0E, STAGE1)
-BY_KEY: dict[str, ModelSpec] = {m.key: m for m in MODELS}
 
-STAGE1_INPUT = 512
-HEATMAP_SIZE = 256
 ZONE_INPUT = 256

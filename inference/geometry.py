@@ -17,12 +17,6 @@ def rescale(u, n_from: float, n_to: float):
     return (np.asarray(u, dtype=np.float64) + 0.5) * (n_to / n_from) - 0.5
 
 
-def to_work(xy: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(N, 2) original-image points -> 512 grid (same pose)."""
-    xy = np.asarray(xy, dtype=np.float64)
-    return np.stack([rescale(xy[:, 0], width, WORK), rescale(xy[:, 1], height, WORK)], axis=1)
-
-
 def from_work(xy: np.ndarray, width: int, height: int) -> np.ndarray:
     """(N, 2) points on the 512 grid -> original-image pixels (same pose)."""
     xy = np.asarray(xy, dtype=np.float64)
@@ -32,6 +26,3 @@ def from_work(xy: np.ndarray, width: int, height: int) -> np.ndarray:
 def heat_to_work(xy: np.ndarray) -> np.ndarray:
     return rescale(xy, HEAT, WORK)
 
-
-def work_to_heat(xy: np.ndarray) -> np.ndarray:
-    return rescale(xy, WORK, HEAT)

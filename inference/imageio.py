@@ -14,8 +14,6 @@ import numpy as np
 
 from cephnode.inference.geometry import WORK
 
-RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-
 
 class ImageError(ValueError):
     """The input is not an image the pipeline can read."""

@@ -11,8 +11,6 @@ from cephnode.inference.profile import CLAHE
 
 ZONE_SPECS = {"z1": contract.ZONE1, "z2": contract.ZONE2, "z3": contract.ZONE3, "z4": contract.ZONE4}
 PRIMARY = ("cranial_base", "mandibular_border", "palatal_plane", "mandibular_symphysis")
-ALL_CLASSES = ("cranial_base", "mandibular_border", "palatal_plane", "mandibular_symphysis",
-               "upper_incisor_axis", "lower_incisor_axis")
 # Merge rule: the first zone that found the class wins.
 SOURCES = {
     "cranial_base": ("z1", "z4"),

@@ -48,10 +48,6 @@ def client_ssl_context(tls: ClientTls) -> ssl.SSLContext:
     return ctx
 
 
-class PermanentRefusal(Exception):
-    """The destination will never take this object (e.g. it rejects the SOP class)."""
-
-
 class Deliverer:
     def __init__(self, cfg: NodeConfig, store: JobStore):
         self.cfg = cfg

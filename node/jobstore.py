@@ -250,10 +250,6 @@ class JobStore:
                        " timings=COALESCE(?, timings) WHERE id=?",
                        (error, now, now, json.dumps(timings) if timings else None, job_id))
 
-    def requeue_job(self, job_id: int, error: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET state='queued', error=?, updated_at=? WHERE id=?", (error, time.time(), job_id))
-
     def finish_processing(self, job_id: int, outputs: list[dict[str, Any]], deliveries: list[dict[str, Any]],
                           timings: dict[str, float], *, note: str | None = None) -> str:
         """Record the produced objects and queue their deliveries in one transaction.
