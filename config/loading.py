@@ -69,6 +69,7 @@ def _resolve_paths(cfg: NodeConfig, base: Path) -> None:
     for tls in tls_blocks:
         for key in ("cert_file", "key_file", "ca_file"):
             setattr(tls, key, fix(getattr(tls, key)))
+    cfg.http.tls.cert_file, cfg.http.tls.key_file = fix(cfg.http.tls.cert_file), fix(cfg.http.tls.key_file)
 
 
 def _file_problems(cfg: NodeConfig) -> list[str]:
@@ -89,6 +90,9 @@ def _file_problems(cfg: NodeConfig) -> list[str]:
     if cfg.return_to_sender.enabled and cfg.return_to_sender.tls.enabled:
         for k in ("cert_file", "key_file", "ca_file"):
             need(getattr(cfg.return_to_sender.tls, k), f"return_to_sender.tls.{k}")
+    if cfg.http.enabled and cfg.http.tls.enabled:
+        for k in ("cert_file", "key_file"):
+            need(getattr(cfg.http.tls, k), f"http.tls.{k}")
     md = cfg.processing.models_dir
     if md is not None and not md.is_dir():
         problems.append(f"processing.models_dir: folder not found: {md}")

@@ -6,6 +6,7 @@ there is no file at all.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -109,6 +110,10 @@ class StorageConfig(_Strict):
     # Days after which the files of finished work are deleted (node/retention.py says exactly
     # what); 0 keeps everything forever.
     retention_days: float = Field(default=30.0, ge=0.0)
+    # Disk watermark: with less free space than this on the spool's file system the node
+    # refuses C-STOREs with status A700 (out of resources; the sender retries later) instead
+    # of failing half-way through a write. 0 turns the check off.
+    min_free_mb: float = Field(default=1024.0, ge=0.0)
 
     @property
     def spool(self) -> Path:
@@ -227,6 +232,45 @@ class ProcessingConfig(_Strict):
     max_processing_attempts: int = Field(default=3, ge=1, le=20)  # crashes mid-inference before parking
 
 
+def is_loopback(address: str) -> bool:
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpTls(_Strict):
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "HttpTls":
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("TLS is enabled but cert_file or key_file is not set")
+        return self
+
+
+class HttpConfig(_Strict):
+    """The admin HTTP endpoint: /metrics (Prometheus), /healthz, /readyz and the status page."""
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = Field(default=9112, ge=0, le=65535)   # 0: any free port (tests)
+    # Required (or tls) when bound to a non-loopback address: clients send
+    # "Authorization: Bearer <token>". Better set by env CEPHNODE__HTTP__TOKEN.
+    token: SecretStr | None = None
+    tls: HttpTls = Field(default_factory=HttpTls)
+
+    @model_validator(mode="after")
+    def _protected(self) -> "HttpConfig":
+        if self.enabled and not is_loopback(self.bind_address) and self.token is None and not self.tls.enabled:
+            raise ValueError(f"bound to {self.bind_address}, a network address: set token or enable tls")
+        return self
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
@@ -243,6 +287,7 @@ class NodeConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> "NodeConfig":

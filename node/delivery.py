@@ -53,9 +53,10 @@ class PermanentRefusal(Exception):
 
 
 class Deliverer:
-    def __init__(self, cfg: NodeConfig, store: JobStore):
+    def __init__(self, cfg: NodeConfig, store: JobStore, *, metrics=None):
         self.cfg = cfg
         self.store = store
+        self.metrics = metrics   # node.metrics.NodeMetrics, or None
         self._destinations = {d.name: d for d in cfg.destinations}
 
     def peer_for(self, d: Delivery) -> Peer:
@@ -155,9 +156,12 @@ class Deliverer:
         if code is None:
             self._failed(d, peer, f"no C-STORE response from {where} (timeout or connection lost)")
         elif code in SUCCESS_STATUSES:
-            self.store.delivery_succeeded(d)
+            job_state = self.store.delivery_succeeded(d)
+            seconds = time.perf_counter() - t
             log.info("delivered", job_id=d.job_id, destination=peer.name, kind=d.kind, sop_uid=d.sop_uid,
-                     status=f"0x{code:04X}", store_ms=round((time.perf_counter() - t) * 1000, 2))
+                     status=f"0x{code:04X}", store_ms=round(seconds * 1000, 2))
+            if self.metrics is not None:
+                self.metrics.delivery(peer.name, "delivered", seconds=seconds, job_state=job_state)
         elif code == SOP_CLASS_NOT_SUPPORTED:
             self._failed(d, peer, f"{where} rejected SOP class {name} ({d.sop_class}): status 0x0122",
                          permanent=True)
@@ -170,6 +174,8 @@ class Deliverer:
         last = permanent or attempts >= self.cfg.retry.max_attempts
         retry_in = None if last else self.cfg.retry.delay_after(attempts)
         job_state = self.store.delivery_failed(d, error, retry_in_s=retry_in)
+        if self.metrics is not None:
+            self.metrics.delivery(peer.name, "parked" if last else "retry", job_state=job_state)
         fields = dict(job_id=d.job_id, destination=peer.name, kind=d.kind, sop_uid=d.sop_uid, attempt=attempts,
                       error=error)
         if last:

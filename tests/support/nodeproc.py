@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.dcmtk import echoscu
+from tests.support.orthanc import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -95,6 +96,12 @@ class NodeProcess:
     @property
     def db_path(self) -> Path:
         return Path(self.config["storage"]["data_dir"]) / "queue.sqlite"
+
+    @property
+    def http_url(self) -> str:
+        http = self.config.get("http", {})
+        scheme = "https" if http.get("tls", {}).get("enabled") else "http"
+        return f"{scheme}://127.0.0.1:{http['port']}"
 
     def start(self, *, wait: bool = True, calling_ae: str | None = None) -> "NodeProcess":
         self.starts += 1
@@ -202,6 +209,8 @@ def make_node(workdir: Path, *, port: int, pack: Path, allowed_callers: list[dic
         "retry": retry or {"max_attempts": 20, "initial_delay_s": 0.5, "factor": 1.5, "max_delay_s": 2.0},
         "processing": {"models_dir": str(pack), "device": "cpu", "threads": 1},
         "logging": {"level": "INFO", "format": "json"},
+        # the admin endpoint on a port of its own: tests run nodes side by side
+        "http": {"bind_address": "127.0.0.1", "port": free_port()},
     }
     for section, values in (extra or {}).items():
         if isinstance(values, dict):
