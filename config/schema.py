@@ -187,20 +187,47 @@ class StudyConfig(_Strict):
 
 
 class Destination(_Strict):
+    """An archive to send results to: by C-STORE (type "dimse": ae_title, host, port) or by
+    DICOMweb STOW-RS (type "dicomweb": url, optional basic or bearer auth, TLS by https)."""
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    type: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
     calling_ae_title: str | None = None     # default: the node's own AE title
     kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
     tls: ClientTls = Field(default_factory=ClientTls)
+    # DICOMweb only
+    url: str | None = None                  # the DICOMweb root, e.g. https://pacs.example/dicom-web
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None       # better set by env CEPHNODE__DESTINATIONS__<NAME>__PASSWORD
+    token: SecretStr | None = None          # better set by env CEPHNODE__DESTINATIONS__<NAME>__TOKEN
+    timeout_s: float = Field(default=60.0, gt=0)
 
-    _ae = field_validator("ae_title")(_check_ae_title)
-
-    @field_validator("calling_ae_title")
+    @field_validator("ae_title", "calling_ae_title")
     @classmethod
-    def _calling(cls, v: str | None) -> str | None:
+    def _ae(cls, v: str | None) -> str | None:
         return None if v is None else _check_ae_title(v)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Destination":
+        if self.type == "dimse":
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"a DIMSE destination needs {', '.join(missing)}")
+        else:
+            if not self.url or not re.match(r"^https?://[^/]+", self.url):
+                raise ValueError("a DICOMweb destination needs url = \"http(s)://host[:port]/dicom-web-root\"")
+            if self.auth == "basic" and (self.username is None or self.password is None):
+                raise ValueError("auth = \"basic\" needs username and password")
+            if self.auth == "bearer" and self.token is None:
+                raise ValueError("auth = \"bearer\" needs token")
+        return self
+
+    @property
+    def address(self) -> str:
+        return (self.url or "") if self.type == "dicomweb" else f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class ReturnToSender(_Strict):

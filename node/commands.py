@@ -148,6 +148,9 @@ def cmd_echo(args) -> int:
     cfg = _config(args)
     dest = next((d for d in cfg.destinations if d.name == args.peer), None)
     tls_args = None
+    if dest is not None and dest.type == "dicomweb":
+        print(f"{dest.name} is a DICOMweb destination ({dest.url}); C-ECHO is for DIMSE peers", file=sys.stderr)
+        return 2
     if dest is not None:
         ae_title, host, port = dest.ae_title, dest.host, dest.port
         if dest.tls.enabled:

@@ -95,8 +95,7 @@ def render_status(service: "NodeService") -> str:
     names += [n for n in summary["destinations"] if n not in names]
     for name in names:
         d = summary["destinations"].get(name, {})
-        address = d.get("address") or next((f"{x.ae_title}@{x.host}:{x.port}" for x in cfg.destinations
-                                            if x.name == name), "")
+        address = next((x.address for x in cfg.destinations if x.name == name), d.get("address", ""))
         err = d.get("last_error") if (d.get("pending") or d.get("failed")) else None
         w(f"<tr data-destination='{_e(name)}'><td>{_e(name)}</td><td>{_e(address)}</td><td>{d.get('done', 0)}</td>"
           f"<td>{d.get('pending', 0)}</td><td>{d.get('failed', 0)}</td>"

@@ -146,7 +146,8 @@ class NodeProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "node.cli", *args, "-c", str(self.config_path)],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **self.env})   # the node's environment is part of its config
 
     def status(self) -> dict[str, Any]:
         res = self.cli("status", "--json")
