@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from config.schema import ClientTls, NodeConfig, ServerTls
+from config.schema import ClientTls, MissingKeys, NodeConfig, ServerTls
 
 ENV_TLS_KEY_PASSWORD = "CEPHNODE_TLS_KEY_PASSWORD"
 ENV_RETURN_KEY_PASSWORD = "CEPHNODE_RETURN_KEY_PASSWORD"
@@ -209,6 +209,11 @@ def _parse(raw: dict[str, Any], *, source: str, base: Path | None, env: dict[str
     except ValidationError as exc:
         problems = []
         for e in exc.errors():
+            error = (e.get("ctx") or {}).get("error")
+            if isinstance(error, MissingKeys):   # one line per missing key, with its own path
+                for k in error.keys:
+                    problems.append(f"{_key_path((*e['loc'], k))}: Field required ({error.why} it)")
+                continue
             key = _key_path(e["loc"])
             var = next((v for k, v in env_keys.items() if key == k or key.startswith(k + ".")
                         or k.startswith(key + ".")), None)

@@ -33,6 +33,14 @@ def _check_ae_title(value: str) -> str:
     return stripped
 
 
+class MissingKeys(ValueError):
+    """Keys a model needs in its present form (config.loading reports each with its path)."""
+
+    def __init__(self, keys: list[str], why: str):
+        self.keys, self.why = keys, why
+        super().__init__(f"{why}: {', '.join(keys)}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -215,14 +223,15 @@ class Destination(_Strict):
         if self.type == "dimse":
             missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
             if missing:
-                raise ValueError(f"a DIMSE destination needs {', '.join(missing)}")
+                raise MissingKeys(missing, "a DIMSE destination needs")
         else:
             if not self.url or not re.match(r"^https?://[^/]+", self.url):
                 raise ValueError("a DICOMweb destination needs url = \"http(s)://host[:port]/dicom-web-root\"")
             if self.auth == "basic" and (self.username is None or self.password is None):
-                raise ValueError("auth = \"basic\" needs username and password")
+                raise MissingKeys([k for k in ("username", "password") if getattr(self, k) is None],
+                                  'auth = "basic" needs')
             if self.auth == "bearer" and self.token is None:
-                raise ValueError("auth = \"bearer\" needs token")
+                raise MissingKeys(["token"], 'auth = "bearer" needs')
         return self
 
     @property

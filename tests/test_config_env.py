@@ -116,3 +116,22 @@ def test_serve_takes_its_port_from_the_environment(tmp_path):
         node.start()                                   # answers C-ECHO as ENVNODE on the env port
         assert any(e.get("event") == "listening" and e.get("port") == env_port and e.get("ae_title") == "ENVNODE"
                    for e in node.log_events())
+
+
+def test_destination_kinds_report_each_missing_key(tmp_path):
+    f = tmp_path / "d.toml"
+    f.write_text('[[destinations]]\nname = "x"\n[[destinations]]\nname = "web"\ntype = "dicomweb"\n'
+                 'url = "https://pacs.example/dicom-web"\nauth = "basic"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(f, env={})
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "destinations[0].ae_title", "destinations[0].host", "destinations[0].port",
+        "destinations[1].username", "destinations[1].password"]
+    cfg = load_config(f, env={"CEPHNODE__DESTINATIONS__X__AE_TITLE": "PACS", "CEPHNODE__DESTINATIONS__X__HOST": "h",
+                              "CEPHNODE__DESTINATIONS__X__PORT": "104", "CEPHNODE__DESTINATIONS__WEB__USERNAME": "u",
+                              "CEPHNODE__DESTINATIONS__WEB__PASSWORD": "p"})
+    assert cfg.destinations[1].address == "https://pacs.example/dicom-web"
+    assert cfg.destinations[0].address == "PACS@h:104"
+    with pytest.raises(ConfigError, match="url"):
+        load_config(None, env={"CEPHNODE__DESTINATIONS__0__NAME": "w", "CEPHNODE__DESTINATIONS__0__TYPE": "dicomweb",
+                               "CEPHNODE__DESTINATIONS__0__URL": "ftp://x"})
