@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +18,7 @@ from pynetdicom import AE
 
 from tests.support import dicomgen
 from tests.support.dcmtk import start_storescp, storescu
-from tests.support.nodeproc import make_node, test_model_pack
+from tests.support.nodeproc import REPO_ROOT, make_node, test_model_pack
 from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.slow
@@ -137,6 +138,11 @@ def test_metrics_count_what_was_sent_delivered_and_parked(tmp_path, pack, img):
             assert value(m, "cephnode_pack_info", name=manifest.name, version=manifest.version) == 1
             assert value(m, "cephnode_inference_device_info", device="cpu", provider="CPUExecutionProvider") == 1
             assert value(m, "cephnode_disk_low") == 0 and value(m, "cephnode_ready") == 1
+            # every metric the shipped Grafana dashboard charts exists
+            dashboard = json.loads((REPO_ROOT / "deploy" / "grafana-dashboard.json").read_text())
+            charted = {n for p in dashboard["panels"] for t in p["targets"] for n in re.findall(r"cephnode_\w+", t["expr"])}
+            scraped = {name for name, _ in m}
+            assert charted and charted <= scraped, charted - scraped
             code, body = get(node.http_url + "/readyz")
             assert code == 200 and json.loads(body)["ready"] is True
             assert status["instances"]["duplicates"] == 1
