@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import requests
+import requests.adapters
 from pydicom.dataset import Dataset
 
 from config.schema import Destination
@@ -38,13 +39,25 @@ def session_for(dest: Destination) -> requests.Session:
     elif dest.auth == "bearer":
         s.headers["Authorization"] = f"Bearer {dest.token.get_secret_value() if dest.token else ''}"
     tls = dest.tls
-    if not tls.verify:
-        s.verify = False
-    elif tls.ca_file is not None:
-        s.verify = str(tls.ca_file)
+    if not tls.verify or tls.ca_file is not None:
+        # Not session.verify: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the
+        # environment override it, so the configured CA would silently not be used.
+        s.mount("https://", _PinnedVerify(False if not tls.verify else str(tls.ca_file)))
     if tls.cert_file is not None:
         s.cert = (str(tls.cert_file), str(tls.key_file)) if tls.key_file else str(tls.cert_file)
     return s
+
+
+class _PinnedVerify(requests.adapters.HTTPAdapter):
+    """Certificate verification as configured for this destination, whatever the environment says."""
+
+    def __init__(self, verify: bool | str):
+        self._verify = verify
+        super().__init__()
+
+    def send(self, request, **kwargs):
+        kwargs["verify"] = self._verify
+        return super().send(request, **kwargs)
 
 
 def client_for(dest: Destination):

@@ -99,3 +99,29 @@ def test_a_401_is_parked_with_a_clear_reason_and_retry_sends_it(tmp_path, pack):
             node.wait_for(lambda s: s["jobs"].get("done") == 1, what="delivered after cephnode retry")
             version = load_pack(pack).version
             assert set(pacs.instances_by_sop_uid()) == {str(derived_uid(sops[0], version, k)) for k in KINDS}
+
+
+def test_stow_over_https_verifies_the_archive_certificate(tmp_path, pack):
+    from tests.support.tlsrelay import TlsRelay
+    from tests.test_node_tls import _make_certs
+
+    certs = _make_certs(tmp_path / "certs")
+    img = dicomgen.isbi_image("151", scale=0.3)
+    with start_orthanc(tmp_path / "pacs", dicomweb=True) as pacs, \
+            TlsRelay(pacs.http_port, certs / "server.crt", certs / "server.key") as tls:
+        pacs_url = f"https://127.0.0.1:{tls.port}/dicom-web"
+        good = {"name": "web", "type": "dicomweb", "url": pacs_url, "kinds": ["sr"], "tls": {"ca_file": str(certs / "ca.crt")}}
+        untrusted = {"name": "untrusted", "type": "dicomweb", "url": pacs_url, "kinds": ["sr"]}   # system CAs only
+        node = make_node(tmp_path / "node", port=free_port(), pack=pack, quiet_period_s=0.5,
+                         destinations=[good, untrusted],
+                         retry={"max_attempts": 2, "initial_delay_s": 0.2, "factor": 1.0, "max_delay_s": 0.2})
+        with node:
+            node.start()
+            sops = _send(tmp_path, node, img, 1)
+            status = node.wait_for(lambda s: s["queue_depth"] == 0 and s["jobs"].get("failed") == 1,
+                                   what="delivered to 'web', parked on 'untrusted'")
+            assert status["destinations"]["web"]["done"] == 1
+            assert "TLS" in status["destinations"]["untrusted"]["last_error"]
+            assert tls.handshake_failures >= 2                    # the untrusted attempts never got through
+            sop_uids = pacs.instances_by_sop_uid()
+            assert set(sop_uids) == {str(derived_uid(sops[0], load_pack(pack).version, "sr"))}

@@ -193,3 +193,26 @@ def test_the_token_guards_everything_but_healthz(tmp_path, pack):
         basic = base64.b64encode(b"admin:s3cret-token").decode()
         assert get(node.http_url + "/", {"Authorization": f"Basic {basic}"})[0] == 200
         assert "s3cret-token" not in node.log_text()
+
+
+def test_the_endpoint_over_tls(tmp_path, pack):
+    import ssl
+
+    from tests.test_node_tls import _make_certs
+
+    certs = _make_certs(tmp_path / "certs")
+    node = make_node(tmp_path / "node", port=free_port(), pack=pack,
+                     extra={"http": {"tls": {"enabled": True, "cert_file": str(certs / "server.crt"),
+                                             "key_file": str(certs / "server.key")}}})
+    with node:
+        node.start()
+        url = node.http_url
+        assert url.startswith("https://")
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+        with urllib.request.urlopen(url + "/readyz", context=ctx, timeout=30) as r:
+            assert r.status == 200 and json.loads(r.read())["ready"] is True
+        with urllib.request.urlopen(url + "/metrics", context=ctx, timeout=30) as r:
+            names = {f.name for f in text_string_to_metric_families(r.read().decode())}
+        assert "cephnode_queue_depth" in names
+        with pytest.raises(urllib.error.URLError):       # an unknown CA is refused
+            urllib.request.urlopen(url + "/healthz", context=ssl.create_default_context(), timeout=30)
