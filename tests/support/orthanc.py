@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import time
 import urllib.error
@@ -75,8 +74,7 @@ class OrthancServer:
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.config.get("SslEnabled") else "http"
-        return f"{scheme}://127.0.0.1:{self.http_port}"
+        return f"http://127.0.0.1:{self.http_port}"
 
     # ---- REST -------------------------------------------------------------------------
     def request(self, method: str, path: str, body: bytes | None = None,
@@ -88,10 +86,7 @@ class OrthancServer:
             req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
         if body is not None:
             req.add_header("Content-Type", content_type)
-        # The harness's own REST calls over HTTPS skip verification (loopback, a test CA the
-        # harness does not know); what is under test verifies properly.
-        context = ssl._create_unverified_context() if self.config.get("SslEnabled") else None
-        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.read()
 
     def get_json(self, path: str) -> Any:
