@@ -98,8 +98,10 @@ def cmd_status(args) -> int:
           f"{inst['duplicates']} duplicate receipts, {inst['pruned']} pruned by retention")
     print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["jobs"].items())) or "none"))
     print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["deliveries"].items())) or "none"))
+    configured = {d.name: d.address for d in cfg.destinations}   # a DICOMweb URL reads better than AE@host
     for name, d in summary["destinations"].items():
-        line = f"  {name} ({d['address']}): {d['done']} done, {d['pending']} pending, {d['failed']} failed"
+        line = (f"  {name} ({configured.get(name, d['address'])}): {d['done']} done, {d['pending']} pending, "
+                f"{d['failed']} failed")
         if d["pending"] and d["next_attempt_at"]:
             line += f"; next attempt {_when(d['next_attempt_at'])} (attempts so far: {d['max_attempts_so_far']})"
         print(line)
