@@ -86,14 +86,16 @@ def test_the_checker_sees_copyleft():
     assert not COPYLEFT.search("MIT | BSD-3-Clause | Apache-2.0 | MPL-2.0 | MIT-CMU")
 
 
-def test_models_fetch_names_the_extra_when_huggingface_hub_is_missing(monkeypatch, tmp_path, capsys):
+def test_models_fetch_names_the_extra_when_huggingface_hub_is_missing(tmp_path):
+    """In a child process (the CLI configures logging for its process), with huggingface_hub
+    made unimportable as if the extra were not installed."""
+    import subprocess
     import sys
 
-    from node.cli import main
+    from tests.support.nodeproc import REPO_ROOT
 
-    for name in [m for m in sys.modules if m == "huggingface_hub" or m.startswith("huggingface_hub.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "huggingface_hub", None)   # import now raises ImportError
-    assert main(["models", "fetch", "--dest", str(tmp_path / "pack")]) == 1
-    err = capsys.readouterr().err
-    assert "huggingface_hub is not installed" in err and "cephnode[hub]" in err
+    code = ("import sys; sys.modules['huggingface_hub'] = None; from node.cli import main; "
+            f"sys.exit(main(['models', 'fetch', '--dest', {str(tmp_path / 'pack')!r}]))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert "huggingface_hub is not installed" in res.stderr and "cephnode[hub]" in res.stderr, res.stderr
