@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from config.schema import ClientTls, MissingKeys, NodeConfig, ServerTls
+from cephnode.config.schema import ClientTls, MissingKeys, NodeConfig, ServerTls
 
 ENV_TLS_KEY_PASSWORD = "CEPHNODE_TLS_KEY_PASSWORD"
 ENV_RETURN_KEY_PASSWORD = "CEPHNODE_RETURN_KEY_PASSWORD"

@@ -14,7 +14,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from dicom_io.transfer_syntaxes import register_decoders
+from cephnode.dicom_io.transfer_syntaxes import register_decoders
 
 register_decoders()  # our 12-bit JPEG Extended plugin, in whichever process decodes
 

@@ -44,7 +44,7 @@ def register_decoders() -> None:
     """Add our plugins to pydicom's decoders (once per process; called on import)."""
     global _registered
     if not _registered:
-        JPEGExtended12BitDecoder.add_plugin("cephnode-gdcm12", ("dicom_io.jpeg12", "decode_frame"))
+        JPEGExtended12BitDecoder.add_plugin("cephnode-gdcm12", ("cephnode.dicom_io.jpeg12", "decode_frame"))
         _registered = True
 
 

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 
-from node.logs import get_logger
+from cephnode.node.logs import get_logger
 
 if TYPE_CHECKING:
-    from node.service import NodeService
+    from cephnode.node.service import NodeService
 
 log = get_logger("cephnode.http")
 
@@ -109,12 +109,12 @@ class _Handler(BaseHTTPRequestHandler):
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 return self._send(200, encoder(service.metrics.registry), content_type)
             if path in ("/", "/status"):
-                from node.statuspage import render_status
+                from cephnode.node.statuspage import render_status
 
                 return self._send(200, render_status(service).encode("utf-8"), "text/html; charset=utf-8")
             m = _THUMB.match(path)
             if m:
-                from node.statuspage import thumbnail_png
+                from cephnode.node.statuspage import thumbnail_png
 
                 png = thumbnail_png(service, int(m.group(1)))
                 if png is None:

@@ -184,7 +184,7 @@ def cmd_echo(args) -> int:
 
 
 def cmd_config_check(args) -> int:
-    from config.loading import load_config_with_sources, value_sources
+    from cephnode.config.loading import load_config_with_sources, value_sources
 
     try:
         loaded = load_config_with_sources(args.file)

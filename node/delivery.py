@@ -95,7 +95,7 @@ class Deliverer:
 
     # ---- DICOMweb STOW-RS ---------------------------------------------------------------
     def _send_web(self, dest, items: list[Delivery], stop) -> None:
-        from node.dicomweb import StowFailure, client_for, stow
+        from cephnode.node.dicomweb import StowFailure, client_for, stow
 
         peer = Peer(dest.name, "", dest.url, 0, "", dest.tls)
         where = f"{dest.name} ({dest.url})"

@@ -16,7 +16,7 @@ import requests
 import requests.adapters
 from pydicom.dataset import Dataset
 
-from config.schema import Destination
+from cephnode.config.schema import Destination
 
 PERMANENT_HTTP = {400, 401, 403, 404, 405, 409, 410, 413, 415}
 FAILED_SOP_SEQUENCE = 0x00081198

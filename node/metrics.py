@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from node.jobstore import JobStore
+from cephnode.node.jobstore import JobStore
 
 # Job phase timings as the processor records them (milliseconds) -> phase label.
 PHASES = {"read_ms": "read", "decode_ms": "decode", "inference_ms": "inference", "outputs_ms": "outputs"}

@@ -96,14 +96,14 @@ class NodeService:
     def _start_observability(self) -> None:
         """Metrics, the disk watermark and the admin HTTP endpoint; up before the model pack
         loads, so /healthz answers and /readyz says what is still missing."""
-        from node.metrics import DiskWatermark, NodeMetrics
+        from cephnode.node.metrics import DiskWatermark, NodeMetrics
 
         st = self.cfg.storage
         self.watermark = DiskWatermark(st.spool, st.min_free_mb)
         self.metrics = NodeMetrics(self.store, spool_dir=st.spool, outbox_dir=st.outbox, watermark=self.watermark,
                                    info=self.info, ready=self.readiness)
         if self.cfg.http.enabled:
-            from node.adminhttp import AdminHttp
+            from cephnode.node.adminhttp import AdminHttp
 
             self.http = AdminHttp(self).start()
 

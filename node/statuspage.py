@@ -14,10 +14,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dicom_io.spool import safe_name
+from cephnode.dicom_io.spool import safe_name
 
 if TYPE_CHECKING:
-    from node.service import NodeService
+    from cephnode.node.service import NodeService
 
 THUMB_WIDTH = 160
 RECENT = 20
@@ -145,7 +145,7 @@ def thumbnail_png(service: "NodeService", job_id: int) -> bytes | None:
     import cv2
     import numpy as np
 
-    from dicom_io.pixels import read_dicom_image
+    from cephnode.dicom_io.pixels import read_dicom_image
 
     job = service.store.job(job_id)
     if job is None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from pydicom.uid import generate_uid
 
-from dicom_io.uids import derived_uid
-from inference.pack import load_pack
+from cephnode.dicom_io.uids import derived_uid
+from cephnode.inference.pack import load_pack
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
 from tests.support.nodeproc import make_node, test_model_pack
@@ -86,7 +86,7 @@ def test_a_401_is_parked_with_a_clear_reason_and_retry_sends_it(tmp_path, pack):
             assert (web["failed"], web["pending"], web["done"]) == (3, 0, 0)
             error = status["failed_jobs"][0]["error"]
             assert "refused the credentials (HTTP 401)" in error and "cephnode retry" in error, error
-            from node.jobstore import JobStore
+            from cephnode.node.jobstore import JobStore
 
             assert all(d["attempts"] == 1 for d in JobStore(node.db_path).deliveries())   # parked at once
             assert pacs.instances() == []

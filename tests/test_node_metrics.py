@@ -118,7 +118,7 @@ def test_metrics_count_what_was_sent_delivered_and_parked(tmp_path, pack, img):
             assert value(m, "cephnode_queue_oldest_pending_age_seconds") == 0
             assert value(m, "cephnode_jobs_in_state", state="failed") == 4
             # phase histograms: one observation per traced job, summing to the timings it recorded
-            from node.jobstore import JobStore
+            from cephnode.node.jobstore import JobStore
 
             timings = [json.loads(j["timings"]) for j in JobStore(node.db_path).jobs() if j["outputs"]]
             assert len(timings) == 3
@@ -132,7 +132,7 @@ def test_metrics_count_what_was_sent_delivered_and_parked(tmp_path, pack, img):
             for folder in ("spool", "outbox"):
                 on_disk = sum(p.stat().st_size for p in (data / folder).rglob("*") if p.is_file())
                 assert on_disk > 0 and value(m, f"cephnode_{folder}_bytes") == on_disk
-            from inference.pack import load_pack
+            from cephnode.inference.pack import load_pack
 
             manifest = load_pack(pack)
             assert value(m, "cephnode_pack_info", name=manifest.name, version=manifest.version) == 1

@@ -106,7 +106,7 @@ def test_status_page_in_chromium_shows_the_node_as_it_is(tmp_path):
             page = Page()
             page.feed(dom)
 
-            from inference.pack import load_pack
+            from cephnode.inference.pack import load_pack
 
             manifest = load_pack(pack)
             assert page.by_id["listener"].startswith(f"CEPHNODE on 127.0.0.1:{node.port}")

@@ -31,8 +31,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from dicom_io.spool import safe_name
-from dicom_io.transfer_syntaxes import decodable_transfer_syntaxes
+from cephnode.dicom_io.spool import safe_name
+from cephnode.dicom_io.transfer_syntaxes import decodable_transfer_syntaxes
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
 from tests.support.nodeproc import make_node, test_model_pack
@@ -118,7 +118,7 @@ def test_every_decodable_syntax_is_traced_through_the_node(tmp_path, pack):
                                what="every syntax processed")
         assert status["jobs"] == {"done": len(ENCODINGS)}, [(j["sop_uid"], j["error"]) for j in status["failed_jobs"]]
 
-        from node.jobstore import JobStore
+        from cephnode.node.jobstore import JobStore
 
         received = {r["sop_uid"]: r["transfer_syntax"] for r in JobStore(node.db_path).instances()}
         outbox = Path(node.config["storage"]["data_dir"]) / "outbox" / safe_name(study)
