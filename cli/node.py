@@ -54,8 +54,12 @@ def register(sub) -> None:
     p = sub.add_parser("config", help="check a configuration file, or print the commented example")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     csub.required = True
-    c = csub.add_parser("check", help="validate FILE; prints every problem with its key path")
-    c.add_argument("file")
+    c = csub.add_parser("check", help="validate FILE (with the CEPHNODE__* environment overrides); prints every "
+                                      "problem with its key path")
+    c.add_argument("file", nargs="?", default=os.environ.get("CEPHNODE_CONFIG"),
+                   help="default: $CEPHNODE_CONFIG, else the built-in defaults (and the environment)")
+    c.add_argument("--sources", action="store_true",
+                   help="list every key with its value and where it came from (default, file or environment)")
     c.set_defaults(func=cmd_config_check)
     c = csub.add_parser("example", help="print the example configuration with every key commented")
     c.set_defaults(func=cmd_config_example)
@@ -94,8 +98,10 @@ def cmd_status(args) -> int:
           f"{inst['duplicates']} duplicate receipts, {inst['pruned']} pruned by retention")
     print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["jobs"].items())) or "none"))
     print("deliveries: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["deliveries"].items())) or "none"))
+    configured = {d.name: d.address for d in cfg.destinations}   # a DICOMweb URL reads better than AE@host
     for name, d in summary["destinations"].items():
-        line = f"  {name} ({d['address']}): {d['done']} done, {d['pending']} pending, {d['failed']} failed"
+        line = (f"  {name} ({configured.get(name, d['address'])}): {d['done']} done, {d['pending']} pending, "
+                f"{d['failed']} failed")
         if d["pending"] and d["next_attempt_at"]:
             line += f"; next attempt {_when(d['next_attempt_at'])} (attempts so far: {d['max_attempts_so_far']})"
         print(line)
@@ -144,6 +150,9 @@ def cmd_echo(args) -> int:
     cfg = _config(args)
     dest = next((d for d in cfg.destinations if d.name == args.peer), None)
     tls_args = None
+    if dest is not None and dest.type == "dicomweb":
+        print(f"{dest.name} is a DICOMweb destination ({dest.url}); C-ECHO is for DIMSE peers", file=sys.stderr)
+        return 2
     if dest is not None:
         ae_title, host, port = dest.ae_title, dest.host, dest.port
         if dest.tls.enabled:
@@ -175,15 +184,23 @@ def cmd_echo(args) -> int:
 
 
 def cmd_config_check(args) -> int:
+    from cephnode.config.loading import load_config_with_sources, value_sources
+
     try:
-        cfg = load_config(args.file)
+        loaded = load_config_with_sources(args.file)
     except ConfigError as exc:
         print(str(exc))
         return 1
-    print(f"{args.file}: OK (AE {cfg.listen.ae_title} on {cfg.listen.bind_address}:{cfg.listen.port}, "
+    cfg = loaded.config
+    print(f"{args.file or '<defaults>'}: OK (AE {cfg.listen.ae_title} on {cfg.listen.bind_address}:{cfg.listen.port}, "
           f"{len(cfg.destinations)} destination(s), quiet period {cfg.study.quiet_period_s:g} s)")
     for warning in config_warnings(cfg):
         print(f"  warning: {warning}")
+    if args.sources:
+        rows = value_sources(loaded)
+        width = max(len(k) for k, _, _ in rows)
+        for key, shown, origin in rows:
+            print(f"  {key:<{width}}  {shown:<40}  {origin}")
     return 0
 
 

@@ -6,6 +6,7 @@ there is no file at all.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -28,6 +29,14 @@ def _check_ae_title(value: str) -> str:
     if not stripped or not _AE_CHARS.match(value):
         raise ValueError("an AE title is 1 to 16 printable ASCII characters without a backslash")
     return stripped
+
+
+class MissingKeys(ValueError):
+    """Keys a model needs in its present form (config.loading reports each with its path)."""
+
+    def __init__(self, keys: list[str], why: str):
+        self.keys, self.why = keys, why
+        super().__init__(f"{why}: {', '.join(keys)}")
 
 
 class _Strict(BaseModel):
@@ -107,6 +116,10 @@ class StorageConfig(_Strict):
     # Days after which the files of finished work are deleted (node/retention.py says exactly
     # what); 0 keeps everything forever.
     retention_days: float = Field(default=30.0, ge=0.0)
+    # Disk watermark: with less free space than this on the spool's file system the node
+    # refuses C-STOREs with status A700 (out of resources; the sender retries later) instead
+    # of failing half-way through a write. 0 turns the check off.
+    min_free_mb: float = Field(default=1024.0, ge=0.0)
 
     @property
     def spool(self) -> Path:
@@ -180,20 +193,48 @@ class StudyConfig(_Strict):
 
 
 class Destination(_Strict):
+    """An archive to send results to: by C-STORE (type "dimse": ae_title, host, port) or by
+    DICOMweb STOW-RS (type "dicomweb": url, optional basic or bearer auth, TLS by https)."""
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    type: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
     calling_ae_title: str | None = None     # default: the node's own AE title
     kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
     tls: ClientTls = Field(default_factory=ClientTls)
+    # DICOMweb only
+    url: str | None = None                  # the DICOMweb root, e.g. https://pacs.example/dicom-web
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None       # better set by env CEPHNODE__DESTINATIONS__<NAME>__PASSWORD
+    token: SecretStr | None = None          # better set by env CEPHNODE__DESTINATIONS__<NAME>__TOKEN
+    timeout_s: float = Field(default=60.0, gt=0)
 
-    _ae = field_validator("ae_title")(_check_ae_title)
-
-    @field_validator("calling_ae_title")
+    @field_validator("ae_title", "calling_ae_title")
     @classmethod
-    def _calling(cls, v: str | None) -> str | None:
+    def _ae(cls, v: str | None) -> str | None:
         return None if v is None else _check_ae_title(v)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Destination":
+        if self.type == "dimse":
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+            if missing:
+                raise MissingKeys(missing, "a DIMSE destination needs")
+        else:
+            if not self.url or not re.match(r"^https?://[^/]+", self.url):
+                raise ValueError("a DICOMweb destination needs url = \"http(s)://host[:port]/dicom-web-root\"")
+            if self.auth == "basic" and (self.username is None or self.password is None):
+                raise MissingKeys([k for k in ("username", "password") if getattr(self, k) is None],
+                                  'auth = "basic" needs')
+            if self.auth == "bearer" and self.token is None:
+                raise MissingKeys(["token"], 'auth = "bearer" needs')
+        return self
+
+    @property
+    def address(self) -> str:
+        return (self.url or "") if self.type == "dicomweb" else f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class ReturnToSender(_Strict):
@@ -225,6 +266,45 @@ class ProcessingConfig(_Strict):
     max_processing_attempts: int = Field(default=3, ge=1, le=20)  # crashes mid-inference before parking
 
 
+def is_loopback(address: str) -> bool:
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpTls(_Strict):
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "HttpTls":
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("TLS is enabled but cert_file or key_file is not set")
+        return self
+
+
+class HttpConfig(_Strict):
+    """The admin HTTP endpoint: /metrics (Prometheus), /healthz, /readyz and the status page."""
+    enabled: bool = True
+    bind_address: str = "127.0.0.1"
+    port: int = Field(default=9112, ge=0, le=65535)   # 0: any free port (tests)
+    # Required (or tls) when bound to a non-loopback address: clients send
+    # "Authorization: Bearer <token>". Better set by env CEPHNODE__HTTP__TOKEN.
+    token: SecretStr | None = None
+    tls: HttpTls = Field(default_factory=HttpTls)
+
+    @model_validator(mode="after")
+    def _protected(self) -> "HttpConfig":
+        if self.enabled and not is_loopback(self.bind_address) and self.token is None and not self.tls.enabled:
+            raise ValueError(f"bound to {self.bind_address}, a network address: set token or enable tls")
+        return self
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
@@ -241,6 +321,7 @@ class NodeConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @model_validator(mode="after")
     def _unique_destinations(self) -> "NodeConfig":

@@ -1,6 +1,6 @@
 """Turn a DICOM image into display-ready grey pixels plus the geometry inference needs.
 
-pydicom does the decoding (its pixel handlers and the pylibjpeg plugins); this module
+pydicom does the decoding (its pixel handlers and the permissive plugins in pyproject.toml); this module
 applies the grey-scale pipeline a viewer would (Modality LUT, VOI LUT / window,
 MONOCHROME1 inversion) and works out the true pixel spacing.
 """
@@ -13,6 +13,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from cephnode.dicom_io.transfer_syntaxes import register_decoders
+
+register_decoders()  # our 12-bit JPEG Extended plugin, in whichever process decodes
 
 
 class PixelDataError(ValueError):

@@ -1,10 +1,13 @@
 """What the node accepts on the wire: storage SOP classes of projection radiographs and the
-transfer syntaxes pydicom can decode here (its own handlers plus the pylibjpeg plugins)."""
+transfer syntaxes pydicom can decode here with permissively licensed decoders only (its own
+handlers, GDCM, Pillow, pyjpegls, pylibjpeg-openjpeg/-rle; see pyproject.toml), plus our GDCM
+plugin for 12-bit JPEG Extended (dicom_io/jpeg12.py)."""
 from __future__ import annotations
 
 from functools import lru_cache
 
 from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders import JPEGExtended12BitDecoder
 from pydicom.uid import (
     UID,
     ComputedRadiographyImageStorage,
@@ -32,6 +35,20 @@ RADIOGRAPH_STORAGE_CLASSES: tuple[UID, ...] = (
 )
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian)
+
+
+_registered = False
+
+
+def register_decoders() -> None:
+    """Add our plugins to pydicom's decoders (once per process; called on import)."""
+    global _registered
+    if not _registered:
+        JPEGExtended12BitDecoder.add_plugin("cephnode-gdcm12", ("cephnode.dicom_io.jpeg12", "decode_frame"))
+        _registered = True
+
+
+register_decoders()
 
 
 @lru_cache(maxsize=None)

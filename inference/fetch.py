@@ -21,6 +21,10 @@ PUBLISHED_TOTAL_MB = (264, 277)      # the model card's figure for all seven fil
 LICENSE = "CC BY-NC-SA 4.0 (non-commercial use only)"
 
 
+HUB_MISSING = ("huggingface_hub is not installed; model fetch is an optional extra: "
+               "pip install 'cephnode[hub]' (or ./dev, which installs it)")
+
+
 class FetchError(RuntimeError):
     pass
 
@@ -42,8 +46,11 @@ def _locate(listing: dict[str, object], spec: contract.ModelSpec) -> str:
 def fetch_published(dest: Path | str, *, repo_id: str = DEFAULT_REPO_ID, revision: str = DEFAULT_REVISION,
                     endpoint: str | None = None, token: str | None = None, progress=print) -> Path:
     """Download the seven files into ``dest`` and write its pack.json. Returns ``dest``."""
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.hf_api import RepoFile
+    try:  # an optional extra: the node itself never needs it
+        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub.hf_api import RepoFile
+    except ImportError:
+        raise FetchError(HUB_MISSING) from None
 
     dest = Path(dest)
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None

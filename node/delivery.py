@@ -49,9 +49,10 @@ def client_ssl_context(tls: ClientTls) -> ssl.SSLContext:
 
 
 class Deliverer:
-    def __init__(self, cfg: NodeConfig, store: JobStore):
+    def __init__(self, cfg: NodeConfig, store: JobStore, *, metrics=None):
         self.cfg = cfg
         self.store = store
+        self.metrics = metrics   # node.metrics.NodeMetrics, or None
         self._destinations = {d.name: d for d in cfg.destinations}
 
     def peer_for(self, d: Delivery) -> Peer:
@@ -67,7 +68,12 @@ class Deliverer:
         due = self.store.due_deliveries()
         groups: dict[tuple, list[Delivery]] = defaultdict(list)
         peers: dict[tuple, Peer] = {}
+        web: dict[str, list[Delivery]] = defaultdict(list)
         for d in due:
+            dest = self._destinations.get(d.destination)
+            if dest is not None and dest.type == "dicomweb":
+                web[dest.name].append(d)
+                continue
             peer = self.peer_for(d)
             key = (peer.name, peer.ae_title, peer.host, peer.port)
             peers[key] = peer
@@ -77,7 +83,46 @@ class Deliverer:
             if stop is not None and stop.is_set():
                 break
             self._send(peer, items, stop)
+        for name, items in web.items():
+            if stop is not None and stop.is_set():
+                break
+            self._send_web(self._destinations[name], items, stop)
         return len(due)
+
+    # ---- DICOMweb STOW-RS ---------------------------------------------------------------
+    def _send_web(self, dest, items: list[Delivery], stop) -> None:
+        from cephnode.node.dicomweb import StowFailure, client_for, stow
+
+        peer = Peer(dest.name, "", dest.url, 0, "", dest.tls)
+        where = f"{dest.name} ({dest.url})"
+        client = client_for(dest)
+        for d in items:
+            if stop is not None and stop.is_set():
+                break
+            try:
+                ds = pydicom.dcmread(d.path)
+            except Exception as exc:
+                self._failed(d, peer, f"object file unreadable: {exc}", permanent=True)
+                continue
+            t = time.perf_counter()
+            try:
+                stow(client, ds, where)
+            except StowFailure as exc:
+                self._failed(d, peer, str(exc), permanent=exc.permanent)
+                if exc.permanent and "credentials" in str(exc):
+                    for rest in items[items.index(d) + 1:]:   # the same answer for every object
+                        self._failed(rest, peer, str(exc), permanent=True)
+                    return
+                continue
+            except Exception as exc:  # a library error: retried like a network failure
+                self._failed(d, peer, f"STOW-RS to {where} failed: {type(exc).__name__}: {exc}")
+                continue
+            job_state = self.store.delivery_succeeded(d)
+            seconds = time.perf_counter() - t
+            log.info("delivered", job_id=d.job_id, destination=dest.name, kind=d.kind, sop_uid=d.sop_uid,
+                     via="stow-rs", store_ms=round(seconds * 1000, 2))
+            if self.metrics is not None:
+                self.metrics.delivery(dest.name, "delivered", seconds=seconds, job_state=job_state)
 
     # ---- one association ----------------------------------------------------------------
     def _send(self, peer: Peer, items: list[Delivery], stop) -> None:
@@ -151,9 +196,12 @@ class Deliverer:
         if code is None:
             self._failed(d, peer, f"no C-STORE response from {where} (timeout or connection lost)")
         elif code in SUCCESS_STATUSES:
-            self.store.delivery_succeeded(d)
+            job_state = self.store.delivery_succeeded(d)
+            seconds = time.perf_counter() - t
             log.info("delivered", job_id=d.job_id, destination=peer.name, kind=d.kind, sop_uid=d.sop_uid,
-                     status=f"0x{code:04X}", store_ms=round((time.perf_counter() - t) * 1000, 2))
+                     status=f"0x{code:04X}", store_ms=round(seconds * 1000, 2))
+            if self.metrics is not None:
+                self.metrics.delivery(peer.name, "delivered", seconds=seconds, job_state=job_state)
         elif code == SOP_CLASS_NOT_SUPPORTED:
             self._failed(d, peer, f"{where} rejected SOP class {name} ({d.sop_class}): status 0x0122",
                          permanent=True)
@@ -166,6 +214,8 @@ class Deliverer:
         last = permanent or attempts >= self.cfg.retry.max_attempts
         retry_in = None if last else self.cfg.retry.delay_after(attempts)
         job_state = self.store.delivery_failed(d, error, retry_in_s=retry_in)
+        if self.metrics is not None:
+            self.metrics.delivery(peer.name, "parked" if last else "retry", job_state=job_state)
         fields = dict(job_id=d.job_id, destination=peer.name, kind=d.kind, sop_uid=d.sop_uid, attempt=attempts,
                       error=error)
         if last:

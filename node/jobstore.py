@@ -281,12 +281,12 @@ class JobStore:
         row = self._conn().execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE state='pending'").fetchone()
         return row[0]
 
-    def delivery_succeeded(self, delivery: Delivery) -> None:
+    def delivery_succeeded(self, delivery: Delivery) -> str:
         now = time.time()
         with self._tx() as db:
             db.execute("UPDATE deliveries SET state='done', attempts=attempts+1, delivered_at=?, last_error=NULL"
                        " WHERE id=?", (now, delivery.id))
-            self._settle_job(db, delivery.job_id, now)
+            return self._settle_job(db, delivery.job_id, now)
 
     def delivery_failed(self, delivery: Delivery, error: str, *, retry_in_s: float | None) -> str:
         """retry_in_s None: park as failed now (last attempt, or a permanent refusal)."""
@@ -416,9 +416,41 @@ class JobStore:
             "failed_jobs": job_rows("WHERE state='failed'", 100),
         }
 
+    def state_gauges(self) -> dict[str, Any]:
+        """What the metrics endpoint reads at each scrape: a few aggregate queries only."""
+        db = self._conn()
+        jobs = {r[0]: r[1] for r in db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+        marks = ",".join("?" * len(UNFINISHED_JOB_STATES))
+        oldest = db.execute(f"SELECT MIN(created_at) FROM jobs WHERE state IN ({marks})",
+                            UNFINISHED_JOB_STATES).fetchone()[0]
+        destinations = {r[0]: {"pending": r[1], "failed": r[2]} for r in db.execute(
+            "SELECT destination, SUM(state='pending'), SUM(state='failed') FROM deliveries GROUP BY destination")}
+        return {"jobs": jobs, "queue_depth": sum(jobs.get(s, 0) for s in UNFINISHED_JOB_STATES),
+                "oldest_unfinished_created_at": oldest, "destinations": destinations,
+                "open_studies": db.execute("SELECT COUNT(*) FROM studies WHERE state='open'").fetchone()[0]}
+
+    def writable(self) -> bool:
+        """True when a write transaction can be opened (the readiness check)."""
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return True
+        except sqlite3.Error:
+            return False
+
     def job(self, job_id: int) -> dict[str, Any] | None:
         row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return dict(row) if row else None
+
+    def instance(self, sop_uid: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT * FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+        return dict(row) if row else None
+
+    def parked_deliveries(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn().execute(
+            "SELECT id, job_id, destination, kind, sop_uid, attempts, last_error FROM deliveries WHERE state='failed'"
+            " ORDER BY id DESC LIMIT ?", (limit,))]
 
     def jobs(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._conn().execute("SELECT * FROM jobs ORDER BY id")]

@@ -141,8 +141,8 @@ class Processor:
         for dest in self.cfg.destinations:
             for o in objects:
                 if o.kind in dest.kinds:
-                    out.append({"destination": dest.name, "ae_title": dest.ae_title, "host": dest.host,
-                                "port": dest.port, **_obj(o)})
+                    out.append({"destination": dest.name, "ae_title": dest.ae_title or "",   # DICOMweb: no AE,
+                                "host": dest.host or dest.url, "port": dest.port or 0, **_obj(o)})  # the URL
         rts = self.cfg.return_to_sender
         if rts.enabled:
             caller = self._callers.get(job.calling_ae or "")

@@ -62,9 +62,11 @@ def _uid(ds: Dataset | None, keyword: str) -> str | None:
 
 
 class Receiver:
-    def __init__(self, cfg: NodeConfig, store: JobStore, *, on_received=None):
+    def __init__(self, cfg: NodeConfig, store: JobStore, *, on_received=None, metrics=None, watermark=None):
         self.cfg = cfg
         self.store = store
+        self.metrics = metrics        # node.metrics.NodeMetrics, or None
+        self.watermark = watermark    # node.metrics.DiskWatermark, or None
         self.spool_dir = Path(cfg.storage.spool).resolve()
         self._on_received = on_received  # wakes the scheduler
         self._server = None
@@ -99,6 +101,10 @@ class Receiver:
     @property
     def port(self) -> int:
         return int(self._server.server_address[1]) if self._server else self.cfg.listen.port
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
 
     def stop(self) -> None:
         """Stop accepting associations; in-flight C-STOREs finish their spool write first
@@ -146,11 +152,18 @@ class Receiver:
         host = str(event.assoc.requestor.address)
         transfer_syntax = str(event.context.transfer_syntax)
         ctx = {"sop_uid": sop_uid, "calling_ae": calling}
+        if self.watermark is not None and self.watermark.low():
+            # Refuse before writing anything: the sender keeps the instance and retries later.
+            log.error("store_refused_disk_low", **ctx, free_bytes=self.watermark.free_bytes(),
+                      min_free_bytes=self.watermark.min_free_bytes)
+            self._count_refused("disk_low")
+            return STATUS_OUT_OF_RESOURCES
         try:
             if self.store.has_instance(sop_uid):
                 self.store.record_instance(InstanceRecord(sop_uid, sop_class, None, None, transfer_syntax, "",
                                                           calling, host, False, None))
                 log.info("duplicate_ignored", **ctx, detail="SOP Instance UID already received; not processed again")
+                self._count("duplicate")
                 return STATUS_SUCCESS
             data = event.encoded_dataset(include_meta=True)
             ds, parse_error = _header(data)
@@ -174,21 +187,35 @@ class Receiver:
             new = self.store.record_instance(record, failed_reason=failed_reason)
         except OSError as exc:
             log.error("spool_write_failed", **ctx, error=str(exc))
+            self._count_refused("error")
             return STATUS_OUT_OF_RESOURCES
         except Exception as exc:  # never let one instance take the SCP down
             log.exception("store_failed", **ctx, error=f"{type(exc).__name__}: {exc}")
+            self._count_refused("error")
             return STATUS_OUT_OF_RESOURCES
         timing = {"spool_ms": round((t_spooled - t0) * 1000, 2), "total_ms": round((time.perf_counter() - t0) * 1000, 2)}
         fields = {**ctx, "study_uid": study_uid, "transfer_syntax": transfer_syntax, "bytes": len(data), **timing,
                   **phi_fields(ds)}
         if not new:
             log.info("duplicate_ignored", **fields)
+            self._count("duplicate")
         elif failed_reason is not None:
             log.warning("instance_unusable", **fields, reason=failed_reason)
+            self._count("unusable")
         elif selected:
             log.info("instance_received", **fields)
+            self._count("received")
         else:
             log.info("instance_skipped", **fields, reason=reason)
+            self._count("skipped")
         if self._on_received is not None:
             self._on_received()
         return STATUS_SUCCESS
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.instance(outcome)
+
+    def _count_refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.store_refused(reason)

@@ -55,6 +55,8 @@ class NodeService:
         self._threads: list[threading.Thread] = []
         self.store: JobStore | None = None
         self.receiver: Receiver | None = None
+        self.metrics = None   # node.metrics.NodeMetrics once started
+        self.http = None      # node.adminhttp.AdminHttp when [http] is enabled
 
     # ---- start ------------------------------------------------------------------------
     def start(self) -> None:
@@ -69,13 +71,14 @@ class NodeService:
         log.info("recovered", requeued_jobs=recovered["requeued"], parked_jobs=recovered["parked"],
                  adopted_spool_files=adopted, removed_partial_files=partials, queue_depth=summary["queue_depth"],
                  pending_deliveries=summary["deliveries"].get("pending", 0))
+        self._start_observability()
         if self.pipeline is None:
             t = time.perf_counter()
             self.pipeline = load_pipeline(cfg)
             log.info("pipeline_loaded", pack=self.pipeline.pack.name, version=self.pipeline.pack.version,
                      providers=self.pipeline.providers, load_ms=round((time.perf_counter() - t) * 1000, 1))
         self.processor = Processor(cfg, self.store, self.pipeline)
-        self.deliverer = Deliverer(cfg, self.store)
+        self.deliverer = Deliverer(cfg, self.store, metrics=self.metrics)
         loops = [("scheduler", self._scheduler_loop), ("delivery", self._delivery_loop)]
         loops += [(f"worker-{i + 1}", self._worker_loop) for i in range(cfg.processing.workers)]
         if cfg.storage.retention_days > 0:
@@ -84,10 +87,43 @@ class NodeService:
             t = threading.Thread(target=self._guard(name, target), name=f"cephnode-{name}", daemon=True)
             t.start()
             self._threads.append(t)
-        self.receiver = Receiver(cfg, self.store, on_received=self._wake_scheduler.set)
+        self.receiver = Receiver(cfg, self.store, on_received=self._wake_scheduler.set, metrics=self.metrics,
+                                 watermark=self.watermark)
         self.receiver.start()
         log.info("node_started", ae_title=cfg.listen.ae_title, port=self.receiver.port,
                  quiet_period_s=cfg.study.quiet_period_s, destinations=[d.name for d in cfg.destinations])
+
+    def _start_observability(self) -> None:
+        """Metrics, the disk watermark and the admin HTTP endpoint; up before the model pack
+        loads, so /healthz answers and /readyz says what is still missing."""
+        from cephnode.node.metrics import DiskWatermark, NodeMetrics
+
+        st = self.cfg.storage
+        self.watermark = DiskWatermark(st.spool, st.min_free_mb)
+        self.metrics = NodeMetrics(self.store, spool_dir=st.spool, outbox_dir=st.outbox, watermark=self.watermark,
+                                   info=self.info, ready=self.readiness)
+        if self.cfg.http.enabled:
+            from cephnode.node.adminhttp import AdminHttp
+
+            self.http = AdminHttp(self).start()
+
+    def info(self) -> dict[str, str]:
+        p = self.pipeline
+        if p is None:
+            return {}
+        # model name -> providers in preference order; the first is the one that runs it
+        firsts = sorted({v[0] for v in (getattr(p, "providers", None) or {}).values() if v})
+        return {"pack_name": str(p.pack.name), "pack_version": str(p.pack.version),
+                "device": self.cfg.processing.device, "provider": ",".join(firsts)}
+
+    def readiness(self) -> dict:
+        checks = {
+            "listening": self.receiver is not None and self.receiver.listening,
+            "queue_db_writable": self.store is not None and self.store.writable(),
+            "model_pack_loaded": self.pipeline is not None,
+            "disk_above_watermark": not self.watermark.low(),
+        }
+        return {"ready": all(checks.values()), "checks": checks}
 
     def _adopt_orphans(self) -> int:
         """Spool files written just before a crash, whose database row never committed. The
@@ -143,6 +179,7 @@ class NodeService:
                 self._wake_worker.clear()
                 continue
             state = self.processor.run(job)
+            self.metrics.job_returned(job.id, state)
             if state == "delivering":
                 self._wake_delivery.set()
 
@@ -179,6 +216,8 @@ class NodeService:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.1, deadline - time.monotonic()))
+        if self.http is not None:
+            self.http.stop()
         unfinished = [t.name for t in self._threads if t.is_alive()]
         log.info("node_stopped", unfinished_threads=unfinished)
 

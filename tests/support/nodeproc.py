@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.dcmtk import echoscu
+from tests.support.orthanc import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -96,6 +97,12 @@ class NodeProcess:
     def db_path(self) -> Path:
         return Path(self.config["storage"]["data_dir"]) / "queue.sqlite"
 
+    @property
+    def http_url(self) -> str:
+        http = self.config.get("http", {})
+        scheme = "https" if http.get("tls", {}).get("enabled") else "http"
+        return f"{scheme}://127.0.0.1:{http['port']}"
+
     def start(self, *, wait: bool = True, calling_ae: str | None = None) -> "NodeProcess":
         self.starts += 1
         log = open(self.log_path, "ab")
@@ -138,8 +145,9 @@ class NodeProcess:
         return self.process is not None and self.process.poll() is None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cephnode", *args, "-c", str(self.config_path)],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        return subprocess.run([sys.executable, "-m", "cephnode.node.cli", *args, "-c", str(self.config_path)],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **self.env})   # the node's environment is part of its config
 
     def status(self) -> dict[str, Any]:
         res = self.cli("status", "--json")
@@ -202,6 +210,8 @@ def make_node(workdir: Path, *, port: int, pack: Path, allowed_callers: list[dic
         "retry": retry or {"max_attempts": 20, "initial_delay_s": 0.5, "factor": 1.5, "max_delay_s": 2.0},
         "processing": {"models_dir": str(pack), "device": "cpu", "threads": 1},
         "logging": {"level": "INFO", "format": "json"},
+        # the admin endpoint on a port of its own: tests run nodes side by side
+        "http": {"bind_address": "127.0.0.1", "port": free_port()},
     }
     for section, values in (extra or {}).items():
         if isinstance(values, dict):

@@ -15,6 +15,7 @@ Usage:
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from typing import Any
 import pydicom
 
 ORTHANC_BINARY = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"   # Debian orthanc-dicomweb
 
 
 def free_port() -> int:
@@ -78,6 +80,10 @@ class OrthancServer:
     def request(self, method: str, path: str, body: bytes | None = None,
                 content_type: str = "application/octet-stream", timeout: float = 60) -> bytes:
         req = urllib.request.Request(self.url + path, data=body, method=method)
+        users = self.config.get("RegisteredUsers") or {}
+        if self.config.get("AuthenticationEnabled") and users:   # the test's own calls use the first user
+            user, password = next(iter(users.items()))
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
         if body is not None:
             req.add_header("Content-Type", content_type)
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -179,18 +185,22 @@ def start_orthanc(
     extra_config: dict[str, Any] | None = None,
     startup_timeout: float = 60.0,
     dicom_port: int | None = None,
+    http_port: int | None = None,
+    dicomweb: bool = False,
 ) -> OrthancServer:
     """Start Orthanc with its storage in `workdir` and wait until its REST API answers.
 
     modalities: DicomModalities name -> (AE title, host, port), the peers Orthanc may send to.
     lua: the text of a Lua script (see autoroute_lua) installed as LuaScripts.
     dicom_port: a fixed DICOM port (e.g. to bring a destination 'back' where the node expects it).
+    http_port: a fixed HTTP port (the same for a DICOMweb destination).
+    dicomweb: load the DICOMweb plugin (Debian orthanc-dicomweb) at <url>/dicom-web/.
     """
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     storage = root / "storage"
     storage.mkdir(exist_ok=True)
-    dicom_port, http_port = dicom_port or free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), http_port or free_port()
     while http_port == dicom_port:
         http_port = free_port()
     config: dict[str, Any] = {
@@ -226,6 +236,9 @@ def start_orthanc(
         lua_path = root / "route.lua"
         lua_path.write_text(lua)
         config["LuaScripts"] = [str(lua_path)]
+    if dicomweb:
+        config["Plugins"] = [DICOMWEB_PLUGIN]
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False}
     config.update(extra_config or {})
     config_path = root / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
