@@ -94,7 +94,7 @@ def test_env_only_configuration_and_clear_errors():
 
 def test_config_check_sources_on_the_command_line():
     env = {"PATH": "/usr/bin:/bin", "CEPHNODE__LISTEN__PORT": "11400", "CEPHNODE__HTTP__TOKEN": "do-not-print"}
-    res = subprocess.run([sys.executable, "-m", "cephnode.node.cli", "config", "check", str(EXAMPLE), "--sources"],
+    res = subprocess.run([sys.executable, "-m", "cephnode", "config", "check", str(EXAMPLE), "--sources"],
                          cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     lines = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln.startswith("  ") and not ln.strip().startswith("warning")}

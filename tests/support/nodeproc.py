@@ -145,7 +145,7 @@ class NodeProcess:
         return self.process is not None and self.process.poll() is None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cephnode.node.cli", *args, "-c", str(self.config_path)],
+        return subprocess.run([sys.executable, "-m", "cephnode", *args, "-c", str(self.config_path)],
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                               env={**os.environ, **self.env})   # the node's environment is part of its config
 
