@@ -94,7 +94,7 @@ def test_models_fetch_names_the_extra_when_huggingface_hub_is_missing(tmp_path):
 
     from tests.support.nodeproc import REPO_ROOT
 
-    code = ("import sys; sys.modules['huggingface_hub'] = None; from node.cli import main; "
+    code = ("import sys; sys.modules['huggingface_hub'] = None; from cephnode.cli.main import main; "
             f"sys.exit(main(['models', 'fetch', '--dest', {str(tmp_path / 'pack')!r}]))")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
