@@ -20,7 +20,7 @@ from pydicom.uid import (
 
 OutputKind = Literal["sr", "seg", "gsps", "sc"]
 ALL_OUTPUT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc")
-DEFAULT_OUTPUT_KINDS: list[str] = ["sr", "seg", "gsps"]
+DEFAULT_OUTPUT_KINDS: list[str] = ["sr", "seg", "gsps", "sc"]  # the tracing sheet is what every viewer shows
 
 _AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash or controls
 

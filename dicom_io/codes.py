@@ -176,6 +176,13 @@ TRACING_STATUSES: dict[bool, Code] = {
     True: private("TRACE-DEGRADED", "Degraded: Stage 0 priors failed, heatmaps alone"),
 }
 
+# --- report-level containers and labels ------------------------------------------------------
+# TID 1500's container for evaluations that belong to no image region (row "Qualitative
+# Evaluations"): where the report puts what has no geometry, outside Imaging Measurements.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+# A text comment in a measurement group; OHIF writes and reads the same concept as an annotation's label.
+COMMENT = Code("121106", "DCM", "Comment")
+
 # --- traced structures (SEG segments, GSPS/SC drawings) --------------------------------------
 ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
 STRUCTURES: dict[str, Code] = {
