@@ -58,7 +58,8 @@ LANDMARKS: dict[str, Code] = {
 LANDMARK_BY_CODE: dict[tuple[str, str], str] = {(c.scheme_designator, c.value): n for n, c in LANDMARKS.items()}
 
 CEPHALOMETRIC_LANDMARK = private("CEPH-LANDMARK", "Cephalometric landmark")
-LANDMARK_CONFIDENCE = private("LM-CONFIDENCE", "Landmark detection confidence")
+# Short meaning on purpose: OHIF writes it under every landmark ("S:" / "Detection confidence: 0.87 1").
+LANDMARK_CONFIDENCE = private("LM-CONFIDENCE", "Detection confidence")
 LANDMARK_CONFIDENCE_LEVEL = private("LM-CONF-LEVEL", "Landmark confidence level")
 CONFIDENCE_LEVELS: dict[str, Code] = {
     "high": private("CONF-HIGH", "High confidence (heatmap peak > 0.5)"),
