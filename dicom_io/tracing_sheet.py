@@ -14,6 +14,7 @@ have no chroma left, so a 2000 x 1200 sheet is about 1 MB instead of 7 MB of raw
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -291,10 +292,16 @@ def _reference_source(sc: Dataset, source: Dataset) -> None:
                                 "(downscaled) beside the analysis table; not for diagnosis alone")
 
 
+# Two threads encoding at once crashed the process (SIGSEGV in the pylibjpeg-openjpeg encoder,
+# seen with workers = 2); one encode is ~0.5 s, so the node's workers take turns here.
+_ENCODER_LOCK = threading.Lock()
+
+
 def compress(sc: Dataset, sheet: np.ndarray) -> Dataset:
     """JPEG 2000 lossless; YBR_RCT tells pydicom's openjpeg encoder to apply the reversible
     colour transform, which PS3.5 8.2.4 names so for lossless JPEG 2000 of RGB data."""
     sc.PhotometricInterpretation = "YBR_RCT"
-    sc.compress(JPEG2000Lossless, np.ascontiguousarray(sheet), encoding_plugin="pylibjpeg",
-                generate_instance_uid=False)  # the UID is derived: a retry makes the same instance
+    with _ENCODER_LOCK:
+        sc.compress(JPEG2000Lossless, np.ascontiguousarray(sheet), encoding_plugin="pylibjpeg",
+                    generate_instance_uid=False)  # the UID is derived: a retry makes the same instance
     return sc

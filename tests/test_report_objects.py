@@ -293,3 +293,28 @@ def test_tracing_sheet_from_the_callers_decoded_image_is_the_same(case, objects)
     (other,) = build_outputs(case.source, case.result, kinds=["sc"], pack_name=PACK_NAME, pack_version=PACK_VERSION,
                              image=blank)
     assert not np.array_equal(other.pixel_array, objects["sc"].pixel_array)
+
+
+def test_two_workers_can_build_tracing_sheets_at_once():
+    # The node's workers build sheets in parallel threads; unguarded, two JPEG 2000 encodes at
+    # once crashed the whole process (SIGSEGV). A crash would take pytest down: run it apart.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import threading
+from dicom_io.outputs import build_outputs
+from tests.support.report_cases import isbi_report_case
+cases = [isbi_report_case(c) for c in ("004", "005")]
+def work(c):
+    for _ in range(3):
+        build_outputs(c.source, c.result, kinds="sc", pack_name="p", pack_version="v")
+threads = [threading.Thread(target=work, args=(c,)) for c in cases]
+for t in threads: t.start()
+for t in threads: t.join()
+print("built")
+"""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "built" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

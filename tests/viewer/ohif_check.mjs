@@ -159,12 +159,14 @@ await run('seg', async () => {
   await open('seg');
   await doubleClick('SEG');
   const count = () => page.evaluate(() => window.services.segmentationService.getSegmentations().length);
-  await until(async () => (await count()) > 0 || (await clickYesIfAsked() && false), STAGE_MS);
+  await until(async () => (await count()) > 0, STAGE_MS);
+  // OHIF previews the SEG in its own viewport and asks whether to open it over the image
+  const asked = await until(clickYesIfAsked, 5000);
   await settled(4000);
   const segs = await page.evaluate(() => window.services.segmentationService.getSegmentations().map(s => ({
     label: s.label, segments: Object.values(s.segments || {}).filter(Boolean).map(x => x.label) })));
   await shots('seg');
-  return { segmentations: segs };
+  return { segmentations: segs, accepted_prompt: !!asked };
 });
 
 await run('sc', async () => {
