@@ -248,7 +248,7 @@ def test_gsps_keeps_the_source_display_pipeline(monochrome1, shape):
     """A GSPS replaces the image's display pipeline: it must carry the source's window and, for
     MONOCHROME1 detectors, invert, or the viewer shows a wrongly windowed or negative image."""
     from tests.support.dicomgen import make_dx, read_grey
-    from training import isbi
+    from cephnode.training import isbi
 
     c = isbi_report_case("012")
     case = next(x for x in isbi.load_cases() if x.case_id == "012")
@@ -281,7 +281,7 @@ def test_a_rebuild_writes_the_very_same_uids(case, objects, kind):
 
 def test_tracing_sheet_from_the_callers_decoded_image_is_the_same(case, objects):
     # The node hands over the image it decoded for inference instead of decoding it twice.
-    from dicom_io.pixels import read_dicom_image
+    from cephnode.dicom_io.pixels import read_dicom_image
 
     image = read_dicom_image(case.source)
     (sc,) = build_outputs(case.source, case.result, kinds=["sc"], pack_name=PACK_NAME, pack_version=PACK_VERSION,
