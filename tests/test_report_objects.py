@@ -9,14 +9,14 @@ import numpy as np
 import pydicom
 import pytest
 
-from cephalometry.analysis import analyse
-from cephalometry.tracing import traced_structures
-from dicom_io import codes
-from dicom_io.gsps import key_lines
-from dicom_io.outputs import OUTPUT_KINDS, build_outputs, instance_uid
-from dicom_io.seg import band_width_px, rasterise
-from dicom_io.uids import derived_uid
-from dicom_io.tracing_sheet import ROW_COLOURS, STRUCTURE_COLOURS
+from cephnode.cephalometry.analysis import analyse
+from cephnode.cephalometry.tracing import traced_structures
+from cephnode.dicom_io import codes
+from cephnode.dicom_io.gsps import key_lines
+from cephnode.dicom_io.outputs import OUTPUT_KINDS, build_outputs, instance_uid
+from cephnode.dicom_io.seg import band_width_px, rasterise
+from cephnode.dicom_io.uids import derived_uid
+from cephnode.dicom_io.tracing_sheet import ROW_COLOURS, STRUCTURE_COLOURS
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 from tests.support.validators import dciodvfy
 
@@ -168,8 +168,8 @@ def test_tracing_sheet_is_lossless_small_and_names_its_source(case, objects):
     # JPEG 2000 lossless with the reversible colour transform: decodes to the very pixels drawn.
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
     assert ds.PhotometricInterpretation == "YBR_RCT"
-    from dicom_io.pixels import read_dicom_image
-    from dicom_io.tracing_sheet import render_sheet
+    from cephnode.dicom_io.pixels import read_dicom_image
+    from cephnode.dicom_io.tracing_sheet import render_sheet
     analysis = analyse(case.result)
     title = f"Cephalometric analysis - cephnode {PACK_NAME} {PACK_VERSION}"
     drawn = render_sheet(read_dicom_image(case.source).pixels, case.result, analysis, title=title)
@@ -185,7 +185,7 @@ def test_tracing_sheet_is_lossless_small_and_names_its_source(case, objects):
 
 
 def test_tracing_sheet_prints_degree_and_plus_minus_signs():
-    from dicom_io.tracing_sheet import clinical_text, font, value_text
+    from cephnode.dicom_io.tracing_sheet import clinical_text, font, value_text
     assert clinical_text("82 +- 2 deg") == "82 \u00b1 2\u00b0" and value_text(85.04, "deg") == "85.0\u00b0"
     assert value_text(9.84, "mm") == "9.8 mm" and value_text(None, "deg") == "n/a"
     # the font really has the glyphs: each differs from the font's missing-glyph box
@@ -304,7 +304,7 @@ def test_two_workers_can_build_tracing_sheets_at_once():
 
     script = """
 import threading
-from dicom_io.outputs import build_outputs
+from cephnode.dicom_io.outputs import build_outputs
 from tests.support.report_cases import isbi_report_case
 cases = [isbi_report_case(c) for c in ("004", "005")]
 def work(c):

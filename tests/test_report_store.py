@@ -66,7 +66,7 @@ def test_a_peer_that_refuses_jpeg_2000_gets_the_tracing_sheet_uncompressed(tmp_p
     import pydicom
     from pynetdicom import AE
 
-    from node.delivery import _as_peer_accepts
+    from cephnode.node.delivery import _as_peer_accepts
     from tests.support.dcmtk import start_storescp
 
     case = isbi_report_case("006")

@@ -21,13 +21,13 @@ import pydicom
 import pytest
 from PIL import Image
 
-from dicom_io import codes
-from dicom_io.tracing_sheet import ROW_COLOURS
-from inference.pack import PackError, default_pack_dir, load_pack
+from cephnode.dicom_io import codes
+from cephnode.dicom_io.tracing_sheet import ROW_COLOURS
+from cephnode.inference.pack import PackError, default_pack_dir, load_pack
 from tests.support.dicomgen import make_dx, read_grey
 from tests.support.orthanc import start_orthanc
 from tests.support.viewer import CHROMIUM, DRIVER, NODE_MODULES, missing_parts, orthanc_dicomweb_config, serve_ohif
-from training import isbi
+from cephnode.training import isbi
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = Path(os.environ.get("CEPHNODE_VIEWER_SCREENSHOTS") or REPO / "test-output" / "viewer-ohif")
@@ -53,7 +53,7 @@ def written(tmp_path_factory) -> dict[str, Path]:
     except (PackError, FileNotFoundError, OSError) as exc:
         pytest.fail(f"the default pack is part of the repository: {exc}")
     out = work / "out"
-    proc = subprocess.run([sys.executable, "-m", "node.cli", "report", str(source), "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "cephnode.node.cli", "report", str(source), "--out", str(out),
                            "--models", str(models), "--device", "cpu"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
