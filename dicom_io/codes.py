@@ -57,7 +57,8 @@ LANDMARKS: dict[str, Code] = {
 }
 LANDMARK_BY_CODE: dict[tuple[str, str], str] = {(c.scheme_designator, c.value): n for n, c in LANDMARKS.items()}
 
-LANDMARK_CONFIDENCE = private("LM-CONFIDENCE", "Landmark detection confidence")
+# Short meaning on purpose: OHIF writes it under every landmark ("S:" / "Detection confidence: 0.87 1").
+LANDMARK_CONFIDENCE = private("LM-CONFIDENCE", "Detection confidence")
 LANDMARK_CONFIDENCE_LEVEL = private("LM-CONF-LEVEL", "Landmark confidence level")
 CONFIDENCE_LEVELS: dict[str, Code] = {
     "high": private("CONF-HIGH", "High confidence (heatmap peak > 0.5)"),
@@ -173,6 +174,13 @@ TRACING_STATUSES: dict[bool, Code] = {
     False: private("TRACE-FULL", "Full two-stage tracing (anatomical priors used)"),
     True: private("TRACE-DEGRADED", "Degraded: Stage 0 priors failed, heatmaps alone"),
 }
+
+# --- report-level containers and labels ------------------------------------------------------
+# TID 1500's container for evaluations that belong to no image region (row "Qualitative
+# Evaluations"): where the report puts what has no geometry, outside Imaging Measurements.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+# A text comment in a measurement group; OHIF writes and reads the same concept as an annotation's label.
+COMMENT = Code("121106", "DCM", "Comment")
 
 # --- traced structures (SEG segments, GSPS/SC drawings) --------------------------------------
 ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure

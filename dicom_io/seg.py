@@ -3,6 +3,10 @@
 Binary SEG, not the label-map SEG class: Orthanc 1.10 and dciodvfy 2022 do not know the latter.
 Each traced polyline is rasterised as a band about 1 mm wide (the line's own uncertainty is of
 that order), so the segment is visible as a contour overlay on the single-frame source.
+
+Plane geometry for a projection source (see with_nominal_plane): OHIF 3.13 reads the SEG's
+shared Pixel Measures and Plane Orientation and fails without them, and a DX has no Frame of
+Reference from which highdicom could take them.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import cv2
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from cephnode.cephalometry.analysis import Analysis
 from cephnode.cephalometry.tracing import NothingTraced, TracedStructure, traced_structures
@@ -41,6 +46,40 @@ def rasterise(structure: TracedStructure, shape: tuple[int, int], width: int) ->
     pts = np.round(np.asarray(structure.points, dtype=np.float64) * 16).astype(np.int32).reshape(-1, 1, 2)
     cv2.polylines(mask, [pts], isClosed=False, color=1, thickness=width, lineType=cv2.LINE_8, shift=4)
     return mask.astype(bool)
+
+
+# The detector plane as the x-y plane of the SEG's own frame of reference, rows along +x and
+# columns along +y: the orientation OHIF assumes for an image that declares none, so the SEG
+# lines up with the DX it overlays.
+NOMINAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def with_nominal_plane(seg: hd.seg.Segmentation, source: Dataset, result: InferenceResult, frame_uid: str) -> None:
+    """Give a SEG of an image without a Frame of Reference (DX, CR) a nominal plane.
+
+    PS3.3 A.51: a SEG that carries the Derivation Image functional group (pixel-for-pixel with its
+    source, as ours does) MAY carry a Frame of Reference, and with one it MAY carry Pixel Measures,
+    Plane Position (Patient) and Plane Orientation (Patient). The frame is the SEG's own (the
+    source has none to share) and says nothing about the patient beyond what the pixels already
+    do: the segmentation grid is the source grid, at the source's pixel spacing, at the origin.
+    """
+    if "FrameOfReferenceUID" in seg or "FrameOfReferenceUID" in source:
+        return  # highdicom took the source's geometry
+    seg.FrameOfReferenceUID = frame_uid
+    seg.PositionReferenceIndicator = ""
+    spacing = result.pixel_spacing_mm or (1.0, 1.0)
+    measures = Dataset()
+    measures.PixelSpacing = [f"{v:.10g}" for v in spacing]
+    measures.SliceThickness = f"{min(spacing):.10g}"
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = list(NOMINAL_ORIENTATION)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        position = Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, 0.0]
+        frame.PlanePositionSequence = Sequence([position])
 
 
 def build_seg(
@@ -114,4 +153,5 @@ def build_seg(
         item.DimensionOrganizationUID = dim_org_uid
     for item in seg.DimensionIndexSequence:
         item.DimensionOrganizationUID = dim_org_uid
+    with_nominal_plane(seg, source, result, derived_uid(str(source.SOPInstanceUID), pack_version, "seg-frame-of-reference"))
     return seg

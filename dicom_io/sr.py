@@ -1,17 +1,22 @@
 """The landmarks and the cephalometric analysis as a Comprehensive SR (TID 1500), with highdicom.
 
-Layout (shared/spec/dicom-output.md):
-- one TID 1410 planar-ROI group per available landmark: SCOORD POINT on the source image, its
-  own tracking identifier + UID, the landmark as finding type, the detection confidence (NUM)
-  and its level and source (model / stated rule) as coded evaluations;
-- one TID 1501 group per unavailable landmark, saying so;
-- one TID 1501 group per measurement: a TID 300 NUM with ONE INFERRED FROM SCOORD POLYLINE
-  (OHIF draws the first SCOORD of a group and labels it with the NUM's meaning, value, unit) and
-  the analysis as its method; normality and caveats as coded evaluations; measurements the
-  analysis left out get a group that says why, with no NUM;
-- one TID 1501 group with the classifications as coded evaluations, one with the tracing status
-  (full, or degraded when Stage 0 failed);
-- the Image Library listing the source image; algorithm name + pack version on every group.
+Layout (shared/spec/dicom-output.md, docs/report.md). The Imaging Measurements container holds
+only groups that have geometry, one TID 1501 group each:
+- per available landmark: the detection confidence (NUM, TID 300) INFERRED FROM an SCOORD POINT
+  on the source image, the landmark as the group's Finding, its own tracking identifier + UID,
+  its confidence level and source (model / stated rule) as coded evaluations, and a Comment
+  naming it ("S");
+- per computed measurement: a TID 300 NUM with ONE INFERRED FROM SCOORD POLYLINE along the lines
+  it was measured on and the analysis as its method; normality and caveats as coded evaluations.
+Everything without geometry (unavailable landmarks, measurements left out and why, the
+classifications, the tracing status, and further report-level verdicts) is a CODE item of
+TID 1500's report-level Qualitative Evaluations container.
+
+Why this shape (OHIF 3.13's TID 1500 loader, extensions/cornerstone-dicom-sr): it turns every
+group of Imaging Measurements into one drawing and reads the first coordinate of each, so a
+group without an SCOORD stops the whole SR; it labels a drawing with the group's Comment items
+first, then "meaning: value unit" of each NUM. A planar-ROI group (TID 1410) would be labelled
+by its NUM only, never by the landmark, hence the TID 1501 form with the point under the NUM.
 
 SCOORD convention: DICOM puts (0, 0) at the top-left CORNER of the first pixel, landmarks are
 in pixel-centre coordinates, so every coordinate is written as (x + 0.5, y + 0.5).
@@ -26,16 +31,21 @@ from highdicom.sr import (
     CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     GraphicTypeValues,
-    ImageRegion,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
-    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     SourceImageForRegion,
     TrackingIdentifier,
+)
+from highdicom.sr.value_types import (
+    CodeContentItem,
+    ContainerContentItem,
+    ContentItem,
+    RelationshipTypeValues,
+    TextContentItem,
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
@@ -112,36 +122,79 @@ def _landmark_source(lm: Landmark) -> str:
     return "model" if lm.predicted else "rule"
 
 
-def _landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    region = ImageRegion(
+def landmark_label(lm: Landmark) -> str:
+    """What a viewer writes next to the point: the abbreviation orthodontists use."""
+    return lm.name
+
+
+def _comment(text: str) -> TextContentItem:
+    return TextContentItem(name=codes.COMMENT, value=text, relationship_type=RelationshipTypeValues.CONTAINS)
+
+
+def _landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
+    point = CoordinatesForMeasurement(
         graphic_type=GraphicTypeValues.POINT,
         graphic_data=scoord([(lm.x, lm.y)]),
         source_image=parts.source_image,
     )
-    return PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=track_uid, identifier=f"Landmark {lm.name}"),
-        referenced_region=region,
         finding_type=parts.concept(codes.LANDMARKS[lm.name]),
         algorithm_id=algo,
         measurements=[Measurement(name=parts.concept(codes.LANDMARK_CONFIDENCE), value=float(lm.confidence),
-                                  unit=parts.concept(codes.UNITS["1"]))],
+                                  unit=parts.concept(codes.UNITS["1"]), referenced_coordinates=[point])],
         qualitative_evaluations=[
             parts.evaluation(codes.LANDMARK_CONFIDENCE_LEVEL, codes.CONFIDENCE_LEVELS[lm.level]),
             parts.evaluation(codes.LANDMARK_SOURCE, codes.LANDMARK_SOURCES[_landmark_source(lm)]),
         ],
     )
+    group[0].ContentSequence.append(_comment(landmark_label(lm)))
+    return group
 
 
-def _unavailable_landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=track_uid, identifier=f"Landmark {lm.name} (not available)"),
-        finding_type=parts.concept(codes.LANDMARKS[lm.name]),
-        algorithm_id=algo,
-        qualitative_evaluations=[
-            parts.evaluation(codes.LANDMARK_SOURCE, codes.LANDMARK_SOURCES["unavailable"]),
-            parts.evaluation(codes.LANDMARK_CONFIDENCE_LEVEL, codes.CONFIDENCE_LEVELS["unavailable"]),
-        ],
-    )
+def _evaluation_item(name, value, parts: _Parts, *, modifiers=()) -> CodeContentItem:
+    """A CODE item of the report-level Qualitative Evaluations; `modifiers` (name, value) pairs
+    qualify it (HAS CONCEPT MOD), e.g. the caveats of a measurement that was left out."""
+    item = CodeContentItem(name=parts.concept(name), value=parts.concept(value),
+                           relationship_type=RelationshipTypeValues.CONTAINS)
+    if modifiers:
+        item.ContentSequence = [
+            CodeContentItem(name=parts.concept(n), value=parts.concept(v),
+                            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD)
+            for n, v in modifiers
+        ]
+    return item
+
+
+def _unavailable_landmarks(result: InferenceResult, parts: _Parts) -> list[ContentItem]:
+    return [_evaluation_item(codes.LANDMARKS[lm.name], codes.LANDMARK_SOURCES["unavailable"], parts)
+            for lm in result.landmarks if not lm.available]
+
+
+def _not_computed_status(m: CephMeasurement):
+    if any(f.startswith("unavailable:") for f in m.flags):
+        return codes.NOT_COMPUTED_LANDMARK
+    if "spacing-unknown" in m.flags:
+        return codes.NOT_COMPUTED_SPACING
+    return codes.NOT_COMPUTED_DEGENERATE
+
+
+def _omitted_measurements(analysis: Analysis, parts: _Parts) -> list[ContentItem]:
+    return [
+        _evaluation_item(codes.measurement_code(m.key, m.name), _not_computed_status(m), parts,
+                         modifiers=[(codes.CAVEAT, codes.caveat_code(f)) for f in m.flags])
+        for m in analysis.measurements if m.value is None
+    ]
+
+
+def _classifications(analysis: Analysis, parts: _Parts) -> list[ContentItem]:
+    return [_evaluation_item(codes.CLASSIFICATIONS[c.key], codes.CATEGORIES[c.category], parts)
+            for c in analysis.classifications]
+
+
+def _tracing_status(result: InferenceResult, parts: _Parts) -> list[ContentItem]:
+    """Whether Stage 0 worked: a degraded tracing deserves a closer look by the reader."""
+    return [_evaluation_item(codes.TRACING_STATUS, codes.TRACING_STATUSES[bool(result.degraded)], parts)]
 
 
 def _normality(m: CephMeasurement, parts: _Parts) -> list[QualitativeEvaluation]:
@@ -153,20 +206,10 @@ def _normality(m: CephMeasurement, parts: _Parts) -> list[QualitativeEvaluation]
 
 
 def _measurement_group(m: CephMeasurement, parts: _Parts, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
+    """A computed measurement (value not None); left-out ones go to _omitted_measurements."""
     code = parts.concept(codes.measurement_code(m.key, m.name))
     caveats = [parts.evaluation(codes.CAVEAT, codes.caveat_code(f)) for f in m.flags]
     tracking = TrackingIdentifier(uid=track_uid, identifier=f"{m.analysis} {m.name}")
-    if m.value is None:
-        if any(f.startswith("unavailable:") for f in m.flags):
-            status = codes.NOT_COMPUTED_LANDMARK
-        elif "spacing-unknown" in m.flags:
-            status = codes.NOT_COMPUTED_SPACING
-        else:
-            status = codes.NOT_COMPUTED_DEGENERATE
-        return MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking, finding_type=parts.concept(codes.KINDS[m.kind]),
-            algorithm_id=algo, qualitative_evaluations=[parts.evaluation(code, status), *caveats],
-        )
     line = CoordinatesForMeasurement(
         graphic_type=GraphicTypeValues.POLYLINE,
         graphic_data=scoord(m.polyline),
@@ -181,26 +224,16 @@ def _measurement_group(m: CephMeasurement, parts: _Parts, track_uid: str, algo) 
     )
 
 
-def _classification_group(analysis: Analysis, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=track_uid, identifier="Cephalometric classification"),
-        finding_type=codes.CLASSIFICATION,
-        algorithm_id=algo,
-        qualitative_evaluations=[
-            QualitativeEvaluation(codes.CLASSIFICATIONS[c.key], codes.CATEGORIES[c.category])
-            for c in analysis.classifications
-        ],
-    )
+def _has_geometry(group) -> bool:
+    def walk(items) -> bool:
+        return any(it.ValueType in ("SCOORD", "SCOORD3D") or walk(it.get("ContentSequence", [])) for it in items)
+    return walk(group[0].ContentSequence)
 
 
-def _process_group(result: InferenceResult, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
-    """Whether Stage 0 worked: a degraded tracing deserves a closer look by the reader."""
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=track_uid, identifier="Tracing status"),
-        finding_type=codes.TRACING_PROCESS,
-        algorithm_id=algo,
-        qualitative_evaluations=[QualitativeEvaluation(codes.TRACING_STATUS, codes.TRACING_STATUSES[bool(result.degraded)])],
-    )
+def _qualitative_evaluations(items: list[ContentItem]) -> ContainerContentItem:
+    container = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = items
+    return container
 
 
 def build_sr(
@@ -221,17 +254,22 @@ def build_sr(
 
     algo = algorithm(pack_name, pack_version)
     parts = _Parts(source)
-    groups: list = []
-    for lm in result.landmarks:
-        if lm.available:
-            groups.append(_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo))
-    for lm in result.landmarks:
-        if not lm.available:
-            groups.append(_unavailable_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo))
-    for m in analysis.measurements:
-        groups.append(_measurement_group(m, parts, uid(f"sr-track-measurement-{m.key}"), algo))
-    groups.append(_classification_group(analysis, uid("sr-track-classification"), algo))
-    groups.append(_process_group(result, uid("sr-track-process"), algo))
+    # Imaging Measurements: only groups a viewer can draw (see the module docstring).
+    groups: list = [_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo)
+                    for lm in result.landmarks if lm.available]
+    groups += [_measurement_group(m, parts, uid(f"sr-track-measurement-{m.key}"), algo)
+               for m in analysis.measurements if m.value is not None]
+    # Report-level Qualitative Evaluations: everything without geometry. A further verdict on
+    # the whole report (a quality gate, say) is one more list of CODE items here.
+    evaluations: list[ContentItem] = [
+        *_unavailable_landmarks(result, parts),
+        *_omitted_measurements(analysis, parts),
+        *_classifications(analysis, parts),
+        *_tracing_status(result, parts),
+    ]
+    if not all(_has_geometry(g) for g in groups):
+        raise AssertionError("a group without SCOORD in Imaging Measurements breaks OHIF's SR loader; "
+                             "put it in the report-level Qualitative Evaluations instead")
 
     observer = ObserverContext(
         observer_type=dcm_codes.DCM.Device,
@@ -245,6 +283,9 @@ def build_sr(
         imaging_measurements=groups,
         referenced_images=[_library_view(source)],
     )
+    # TID 1500 puts Qualitative Evaluations after Imaging Measurements; highdicom 0.28 builds
+    # no such container, so it is appended to the root here.
+    report[0].ContentSequence.append(_qualitative_evaluations(evaluations))
     sr = ComprehensiveSR(
         evidence=[source],
         content=report[0],

@@ -4,13 +4,27 @@ Left, the radiograph with the tracing (structures, reference lines, landmarks wi
 right, a table of every analysis: value, norm, deviation, colour-coded (green within the norm,
 amber beyond 1 SD or outside a range, red beyond 2 SD, grey when there is no norm, and rows left
 out with the reason). No patient identifiers are drawn: Burned In Annotation follows the source.
+
+Text is set in Aileron Regular, the font embedded in Pillow (ImageFont.load_default; font CC0,
+Pillow MIT-CMU), so degrees and plus-minus print as such on any machine without a system font.
+The sheet joins the source's study in its own series, says what it was derived from (Source
+Image Sequence, Derivation Description) and is stored JPEG 2000 lossless with the reversible
+colour transform (YBR_RCT, openjpeg via pylibjpeg-openjpeg, MIT): the radiograph's grey pixels
+have no chroma left, so a 2000 x 1200 sheet is about 1 MB instead of 7 MB of raw RGB.
 """
 from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import highdicom as hd
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import JPEG2000Lossless
 
 from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
@@ -19,7 +33,6 @@ from cephnode.domain.result import InferenceResult
 from cephnode.dicom_io.equipment import MANUFACTURER
 
 MAX_IMAGE_HEIGHT = 1600          # px of the radiograph on the sheet
-FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 # RGB
 STRUCTURE_COLOURS = {
@@ -36,6 +49,52 @@ ROW_COLOURS = {          # severity / status -> background
 }
 INK = (20, 20, 20)
 MUTED = (130, 130, 130)
+
+
+@lru_cache(maxsize=16)
+def font(px: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=px)
+
+
+def clinical_text(s: str) -> str:
+    """'82 +- 2 deg' -> '82 ± 2°': the analysis tables keep ASCII, the sheet prints the signs."""
+    return s.replace("+-", "\u00b1").replace(" deg", "\u00b0")
+
+
+def value_text(v: float | None, unit: str) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.1f}\u00b0" if unit == "deg" else f"{v:.1f} {unit}"
+
+
+@dataclass
+class _Label:
+    x: int
+    y: int                      # baseline
+    text: str
+    colour: tuple[int, int, int]
+    px: int
+    bold: bool = False
+    outline: int = 0            # dark halo width, for text over the radiograph
+
+
+class _Texts:
+    """Text is laid over the cv2 drawing in one Pillow pass (cv2 has only ASCII Hershey fonts)."""
+
+    def __init__(self) -> None:
+        self.labels: list[_Label] = []
+
+    def add(self, *args, **kwargs) -> None:
+        self.labels.append(_Label(*args, **kwargs))
+
+    def draw_on(self, rgb: np.ndarray) -> np.ndarray:
+        img = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(img)
+        for lb in self.labels:
+            stroke = lb.outline or (1 if lb.bold else 0)
+            draw.text((lb.x, lb.y), lb.text, fill=lb.colour, font=font(lb.px), anchor="ls",
+                      stroke_width=stroke, stroke_fill=(0, 0, 0) if lb.outline else lb.colour)
+        return np.asarray(img)
 
 
 def _row_colour(m: Measurement) -> tuple[int, int, int]:
@@ -61,7 +120,8 @@ def _draw_radiograph(grey: np.ndarray, result: InferenceResult, scale: float) ->
     for s in traced_structures(result):
         cv2.polylines(rgb, [pts(s.points)], False, STRUCTURE_COLOURS[s.key], t + 1, cv2.LINE_AA, shift=4)
     r = max(3, round(size[1] / 250))
-    fs = max(0.45, size[1] / 1900)
+    px = max(14, round(size[1] / 60))
+    texts = _Texts()
     for lm in result.landmarks:
         if not lm.available:
             continue
@@ -71,13 +131,8 @@ def _draw_radiograph(grey: np.ndarray, result: InferenceResult, scale: float) ->
         cv2.circle(rgb, tuple(int(v) for v in c), r * 16, colour, t, cv2.LINE_AA, shift=4)
         x, y = int(c[0] / 16) + r + 2, int(c[1] / 16) - r
         label = lm.name + ("?" if doubtful else "")
-        cv2.putText(rgb, label, (x, y), FONT, fs, (0, 0, 0), t + 2, cv2.LINE_AA)
-        cv2.putText(rgb, label, (x, y), FONT, fs, colour, t, cv2.LINE_AA)
-    return rgb
-
-
-def _fmt(v: float | None, unit: str) -> str:
-    return "n/a" if v is None else f"{v:.1f} {unit}"
+        texts.add(x, y, label, colour, px, outline=max(1, t))
+    return texts.draw_on(rgb)
 
 
 def _table_rows(analysis: Analysis) -> list[tuple[str, object]]:
@@ -100,18 +155,18 @@ def _draw_table(analysis: Analysis, height: int, width: int, title: str) -> np.n
     rows = _table_rows(analysis)
     n = len(rows) + 5   # title, column heads, legend x2, spacing note
     row_h = max(14, height // n)
-    fs = row_h / 34.0
-    t = 1 if row_h < 26 else 2
+    px = max(11, round(row_h * 0.62))
+    texts = _Texts()
     cols = [int(width * f) for f in (0.02, 0.36, 0.52, 0.72, 0.82)]   # name, value, norm, SD, note
     y = row_h
 
-    def text(s: str, x: int, yy: int, colour=INK, scale=fs, thick=t) -> None:
-        cv2.putText(panel, s, (x, yy), FONT, scale, colour, thick, cv2.LINE_AA)
+    def text(s: str, x: int, yy: int, colour=INK, size=px, bold=False) -> None:
+        texts.add(x, yy, s, colour, size, bold=bold)
 
-    text(title, cols[0], y - row_h // 4, scale=fs * 1.1, thick=t + 1)
+    text(title, cols[0], y - row_h // 4, size=round(px * 1.1), bold=True)
     y += row_h
     for label, x in zip(("Measurement", "Value", "Norm", "Dev (SD)", "Note"), cols):
-        text(label, x, y - row_h // 4, thick=t + 1)
+        text(label, x, y - row_h // 4, bold=True)
     cv2.line(panel, (cols[0], y), (width - cols[0], y), INK, 1)
     for kind, item in rows:
         if y + row_h > height - 2 * row_h:
@@ -120,7 +175,7 @@ def _draw_table(analysis: Analysis, height: int, width: int, title: str) -> np.n
         y += row_h
         base = y - row_h // 4
         if kind == "header":
-            text(str(item), cols[0], base, thick=t + 1)
+            text(str(item), cols[0], base, bold=True)
             continue
         if kind == "class":
             c = item
@@ -134,8 +189,8 @@ def _draw_table(analysis: Analysis, height: int, width: int, title: str) -> np.n
         cv2.rectangle(panel, (cols[0], top + 1), (width - cols[0], y - 1), _row_colour(m), -1)
         ink = MUTED if m.value is None else INK
         text(f"  {m.name}", cols[0], base, ink)
-        text(_fmt(m.value, m.unit), cols[1], base, ink)
-        text(m.norm.text[:22], cols[2], base, ink)
+        text(value_text(m.value, m.unit), cols[1], base, ink)
+        text(clinical_text(m.norm.text)[:22], cols[2], base, ink)
         if m.deviation_sd is not None:
             text(f"{m.deviation_sd:+.1f}", cols[3], base, ink)
         note = m.omitted_reason.replace("landmark unavailable: ", "no ").replace(
@@ -153,11 +208,11 @@ def _draw_table(analysis: Analysis, height: int, width: int, title: str) -> np.n
         cv2.rectangle(panel, (x, y - row_h + 4), (x + row_h, y), ROW_COLOURS[key], -1)
         cv2.rectangle(panel, (x, y - row_h + 4), (x + row_h, y), MUTED, 1)
         text(label, x + row_h + 6, y - 3)
-        x += row_h + 12 + int(cv2.getTextSize(label, FONT, fs, t)[0][0]) + 20
+        x += row_h + 12 + int(font(px).getlength(label)) + 20
     note = "Automated tracing: verify before clinical use." + (
         "" if analysis.spacing_known else " Pixel spacing unknown: no mm values.")
     text(note, cols[0], height - row_h // 3, MUTED)
-    return panel
+    return texts.draw_on(panel)
 
 
 def render_sheet(grey: np.ndarray, result: InferenceResult, analysis: Analysis, *, title: str) -> np.ndarray:
@@ -216,4 +271,37 @@ def build_tracing_sheet(
     # We draw no identifiers, but the radiograph may carry burnt-in text of its own.
     sc.BurnedInAnnotation = "YES" if str(source.get("BurnedInAnnotation", "")).upper() == "YES" else "NO"
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    _reference_source(sc, source)
+    return compress(sc, sheet)
+
+
+# DCM 121322: the source image was input to an image processing operation (here the tracing).
+_SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")
+
+
+def _reference_source(sc: Dataset, source: Dataset) -> None:
+    """General Image module: what the sheet was derived from, for viewers and for audit."""
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = _SOURCE_FOR_PROCESSING
+    ref.PurposeOfReferenceCodeSequence = Sequence([purpose])
+    sc.SourceImageSequence = Sequence([ref])
+    sc.DerivationDescription = ("Automated cephalometric tracing drawn over the source radiograph "
+                                "(downscaled) beside the analysis table; not for diagnosis alone")
+
+
+# Two threads encoding at once crashed the process (SIGSEGV in the pylibjpeg-openjpeg encoder,
+# seen with workers = 2); one encode is ~0.5 s, so the node's workers take turns here.
+_ENCODER_LOCK = threading.Lock()
+
+
+def compress(sc: Dataset, sheet: np.ndarray) -> Dataset:
+    """JPEG 2000 lossless; YBR_RCT tells pydicom's openjpeg encoder to apply the reversible
+    colour transform, which PS3.5 8.2.4 names so for lossless JPEG 2000 of RGB data."""
+    sc.PhotometricInterpretation = "YBR_RCT"
+    with _ENCODER_LOCK:
+        sc.compress(JPEG2000Lossless, np.ascontiguousarray(sheet), encoding_plugin="pylibjpeg",
+                    generate_instance_uid=False)  # the UID is derived: a retry makes the same instance
     return sc

@@ -20,8 +20,9 @@ class OutputKind(StrEnum):
 
 
 ALL_OUTPUT_KINDS: tuple[OutputKind, ...] = tuple(OutputKind)
-# What a destination receives when its configuration names no kinds.
-DEFAULT_OUTPUT_KINDS: tuple[OutputKind, ...] = (OutputKind.SR, OutputKind.SEG, OutputKind.GSPS)
+# What a destination receives when its configuration names no kinds: all of them (the tracing
+# sheet is what every viewer shows, even one that draws neither SR nor GSPS).
+DEFAULT_OUTPUT_KINDS: tuple[OutputKind, ...] = ALL_OUTPUT_KINDS
 
 
 def parse_kinds(kinds: str | Iterable[str]) -> tuple[OutputKind, ...]:

@@ -183,6 +183,7 @@ class Deliverer:
     def _store_one(self, assoc, d: Delivery, ds, peer: Peer, where: str) -> None:
         t = time.perf_counter()
         name = UID(d.sop_class).name
+        ds = _as_peer_accepts(assoc, ds, d.sop_class)
         try:
             status = assoc.send_c_store(ds)
         except ValueError as exc:
@@ -223,3 +224,17 @@ class Deliverer:
                       detail="permanent refusal" if permanent else "last retry failed")
         else:
             log.warning("delivery_retry_scheduled", **fields, retry_in_s=round(retry_in, 2))
+
+
+def _as_peer_accepts(assoc, ds, sop_class: str):
+    """The object in a transfer syntax the peer accepted: a compressed one (the tracing sheet is
+    JPEG 2000 lossless) goes uncompressed to an archive that took only the uncompressed offer.
+    Lossless both ways, same SOP Instance UID: the archive gets the same image either way."""
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    if not ts.is_compressed:
+        return ds
+    accepted = {str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class}
+    if str(ts) in accepted or not accepted:
+        return ds   # as it is; with nothing accepted, send_c_store says which class was refused
+    ds.decompress(generate_instance_uid=False)
+    return ds

@@ -27,8 +27,9 @@ def pack(tmp_path_factory):
 
 
 def sr_landmark_points(sr) -> dict[str, tuple[float, float]]:
-    """Landmark name -> (x, y) in pixel-centre coordinates, from the SR's planar-ROI groups
-    (tracking identifier 'Landmark <name>' with one SCOORD POINT; SCOORD is corner-based)."""
+    """Landmark name -> (x, y) in pixel-centre coordinates, from the SR's landmark groups
+    (tracking identifier 'Landmark <name>', the confidence NUM INFERRED FROM one SCOORD POINT;
+    SCOORD is corner-based)."""
     points: dict[str, tuple[float, float]] = {}
 
     def walk(items) -> None:
@@ -39,7 +40,8 @@ def sr_landmark_points(sr) -> dict[str, tuple[float, float]]:
                 for ch in children:
                     if ch.ValueType == "TEXT" and ch.ConceptNameCodeSequence[0].CodeValue == TRACKING_IDENTIFIER:
                         name = str(ch.TextValue)
-                scoords = [ch for ch in children if ch.ValueType == "SCOORD" and ch.GraphicType == "POINT"]
+                below = [g for ch in children for g in ch.get("ContentSequence", [])]
+                scoords = [ch for ch in [*children, *below] if ch.ValueType == "SCOORD" and ch.GraphicType == "POINT"]
                 if name and name.startswith("Landmark ") and scoords:
                     x, y = (float(v) for v in scoords[0].GraphicData[:2])
                     points[name.split()[1]] = (x - 0.5, y - 0.5)

@@ -60,17 +60,19 @@ def test_report_writes_every_object_from_the_real_pipeline(models_dir, dicom_fil
 
     # The SR holds exactly the points the pipeline found.
     sr = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(written["sr"]))
-    points = {}
-    for g in sr.content.get_planar_roi_measurement_groups():
-        name = codes.LANDMARK_BY_CODE[(g.finding_type.scheme_designator, g.finding_type.value)]
-        points[name] = np.float32(g.roi.value[0])
+    points, algo = {}, set()
+    for g in sr.content.get_image_measurement_groups():
+        ft = g.finding_type
+        if ft is None or (ft.scheme_designator, ft.value) not in codes.LANDMARK_BY_CODE:
+            continue
+        (conf,) = g.get_measurements()
+        points[codes.LANDMARK_BY_CODE[(ft.scheme_designator, ft.value)]] = np.float32(conf.referenced_coordinates[0].value[0])
+        algo |= {it.TextValue for it in g[0].ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "111003"}
     available = {lm["name"]: lm for lm in result["landmarks"] if lm["x"] is not None}
     assert points.keys() == available.keys()
     for name, lm in available.items():
         np.testing.assert_array_equal(points[name], np.float32([lm["x"] + 0.5, lm["y"] + 0.5]))
-    algo = [it.TextValue for g in sr.content.get_planar_roi_measurement_groups()[:1]
-            for it in g[0].ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "111003"]
-    assert algo == [pack.version]
+    assert algo == {pack.version}
 
     # Run again with a subset: the same UIDs (a retry rebuilds the very same objects).
     again = tmp_path / "again"

@@ -16,6 +16,7 @@ from cephnode.dicom_io.gsps import key_lines
 from cephnode.dicom_io.outputs import build_outputs, instance_uid
 from cephnode.domain.outputs import ALL_OUTPUT_KINDS, OutputKind
 from cephnode.dicom_io.seg import band_width_px, rasterise
+from cephnode.dicom_io.uids import derived_uid
 from cephnode.dicom_io.tracing_sheet import ROW_COLOURS, STRUCTURE_COLOURS
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 from tests.support.validators import dciodvfy
@@ -97,6 +98,22 @@ def test_seg_has_one_binary_segment_per_traced_structure(case, objects):
         assert pixels[0, int(round(lm.y)), int(round(lm.x)), 1] == 1
 
 
+def test_seg_of_a_projection_image_has_a_nominal_plane(case, objects):
+    # OHIF reads the shared Pixel Measures and Plane Orientation; a DX has no Frame of Reference,
+    # so the SEG carries its own (PS3.3 A.51: may, with the Derivation Image functional group).
+    seg = _roundtrip(objects["seg"])
+    assert "FrameOfReferenceUID" not in case.source
+    assert seg.FrameOfReferenceUID == derived_uid(case.source.SOPInstanceUID, PACK_VERSION, "seg-frame-of-reference")
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+    np.testing.assert_allclose(spacing, case.result.pixel_spacing_mm, rtol=1e-9)
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == [0, 0, 0]
+        src = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        assert src.ReferencedSOPInstanceUID == case.source.SOPInstanceUID   # pixel for pixel
+
+
 def test_gsps_draws_landmarks_tracing_and_key_measurements(case, objects):
     ds = _roundtrip(objects["gsps"])
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.1"
@@ -125,7 +142,7 @@ def test_gsps_draws_landmarks_tracing_and_key_measurements(case, objects):
 def test_tracing_sheet_shows_the_tracing_and_a_colour_coded_table(case, objects):
     ds = _roundtrip(objects["sc"])
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
-    assert ds.PhotometricInterpretation == "RGB" and ds.BurnedInAnnotation == "NO"
+    assert ds.BurnedInAnnotation == "NO"
     sheet = ds.pixel_array
     rows, cols = case.source.Rows, case.source.Columns
     assert sheet.shape[0] == rows and sheet.shape[1] > cols + 800     # radiograph at full size + table
@@ -143,6 +160,45 @@ def test_tracing_sheet_shows_the_tracing_and_a_colour_coded_table(case, objects)
     for m in analysis.computed:
         expected.add("no-norm" if m.status == "no-norm" else {0: "within", 1: "sev1", 2: "sev2"}[m.severity])
     assert present == expected
+
+
+def test_tracing_sheet_is_lossless_small_and_names_its_source(case, objects):
+    sc = objects["sc"]
+    ds = _roundtrip(sc)
+    # JPEG 2000 lossless with the reversible colour transform: decodes to the very pixels drawn.
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert ds.PhotometricInterpretation == "YBR_RCT"
+    from cephnode.dicom_io.pixels import read_dicom_image
+    from cephnode.dicom_io.tracing_sheet import render_sheet
+    analysis = analyse(case.result)
+    title = f"Cephalometric analysis - cephnode {PACK_NAME} {PACK_VERSION}"
+    drawn = render_sheet(read_dicom_image(case.source).pixels, case.result, analysis, title=title)
+    assert np.array_equal(ds.pixel_array, drawn)
+    buf = BytesIO()
+    sc.save_as(buf, enforce_file_format=True)
+    assert len(buf.getvalue()) < 2_000_000 < drawn.nbytes                   # raw RGB is ~7 MB
+    (ref,) = ds.SourceImageSequence
+    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (case.source.SOPClassUID,
+                                                                         case.source.SOPInstanceUID)
+    assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+    assert "tracing" in ds.DerivationDescription and ds.ImageType[0] == "DERIVED"
+
+
+def test_tracing_sheet_prints_degree_and_plus_minus_signs():
+    from cephnode.dicom_io.tracing_sheet import clinical_text, font, value_text
+    assert clinical_text("82 +- 2 deg") == "82 \u00b1 2\u00b0" and value_text(85.04, "deg") == "85.0\u00b0"
+    assert value_text(9.84, "mm") == "9.8 mm" and value_text(None, "deg") == "n/a"
+    # the font really has the glyphs: each differs from the font's missing-glyph box
+    from PIL import Image, ImageDraw
+
+    def glyph(ch: str) -> np.ndarray:
+        img = Image.new("L", (64, 64))
+        ImageDraw.Draw(img).text((8, 8), ch, font=font(32), fill=255)
+        return np.asarray(img)
+
+    missing = glyph("\ue000")
+    for ch in "\u00b0\u00b1":
+        assert glyph(ch).any() and not np.array_equal(glyph(ch), missing), repr(ch)
 
 
 def test_a_source_without_spacing_or_orientation_still_gives_valid_objects(tmp_path):
@@ -164,9 +220,9 @@ def test_a_degraded_tracing_is_said_so_in_every_object():
     c.result.degraded = True
     c.result.stage0.ok, c.result.stage0.failed_phase, c.result.stage0.reason = False, "0A", "profile mask too small"
     sr, _, gsps, sc = build_outputs(c.source, c.result, pack_name="p", pack_version="v").values()
-    report = hd.sr.ComprehensiveSR.from_dataset(sr).content
-    status = [qe.value.value for g in report.get_image_measurement_groups()
-              for qe in g.get_qualitative_evaluations() if qe.name.value == codes.TRACING_STATUS.value]
+    (container,) = [it for it in sr.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    status = [it.ConceptCodeSequence[0].CodeValue for it in container.ContentSequence
+              if it.ConceptNameCodeSequence[0].CodeValue == codes.TRACING_STATUS.value]
     assert status == [codes.TRACING_STATUSES[True].value]
     texts = [t.UnformattedTextValue for a in gsps.GraphicAnnotationSequence for t in a.get("TextObjectSequence", [])]
     assert any(t.startswith("DEGRADED tracing: Stage 0 0A failed (profile mask too small)") for t in texts)
@@ -238,3 +294,28 @@ def test_tracing_sheet_from_the_callers_decoded_image_is_the_same(case, objects)
     (other,) = build_outputs(case.source, case.result, kinds=["sc"], pack_name=PACK_NAME, pack_version=PACK_VERSION,
                              image=blank).values()
     assert not np.array_equal(other.pixel_array, objects["sc"].pixel_array)
+
+
+def test_two_workers_can_build_tracing_sheets_at_once():
+    # The node's workers build sheets in parallel threads; unguarded, two JPEG 2000 encodes at
+    # once crashed the whole process (SIGSEGV). A crash would take pytest down: run it apart.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import threading
+from cephnode.dicom_io.outputs import build_outputs
+from tests.support.report_cases import isbi_report_case
+cases = [isbi_report_case(c) for c in ("004", "005")]
+def work(c):
+    for _ in range(3):
+        build_outputs(c.source, c.result, kinds="sc", pack_name="p", pack_version="v")
+threads = [threading.Thread(target=work, args=(c,)) for c in cases]
+for t in threads: t.start()
+for t in threads: t.join()
+print("built")
+"""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "built" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

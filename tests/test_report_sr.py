@@ -22,10 +22,14 @@ DCIODVFY_EXPLAINED = {
         "declared in the Coding Scheme Identification Sequence as PS3.3 C.12.1.1.4 requires",
 }
 SR_VALIDATOR_EXPLAINED = {
+    r'\(121106,DCM,"Comment"\): Content Item not in template':
+        "the landmark's name as a Comment in its group: TID 1501 has no row for it, pixelmed "
+        "reports the extra item; OHIF labels the point with it (docs/report.md)",
     r'\(\S+,99CEPHNODE,"[^"]*"\): Content Item not in template':
         "coded evaluations named by private codes (landmark confidence level and source, caveats, "
         "classifications, status of omitted measurements): TID 1501 allows extra qualitative "
-        "evaluations, pixelmed only knows the standard concept names",
+        "evaluations, pixelmed only knows the standard concept names; and the caveats that "
+        "qualify an omitted measurement in the report-level Qualitative Evaluations",
     r'\(121402,DCM,"Normality"\): Content Item not in template':
         "normality as a qualitative evaluation of the group (pixelmed lists no concept names for them)",
 }
@@ -96,40 +100,64 @@ def _algorithm_items(group) -> dict[str, str]:
     return found
 
 
+def _report_evaluations(ds) -> dict[str, tuple[str, list[str]]]:
+    """The report-level Qualitative Evaluations: concept code -> (value code, [modifier values])."""
+    (container,) = [it for it in ds.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    assert container.ConceptNameCodeSequence[0].CodingSchemeDesignator == "UMLS"
+    found = {}
+    for it in container.ContentSequence:
+        assert it.ValueType == "CODE" and it.RelationshipType == "CONTAINS"
+        mods = [m.ConceptCodeSequence[0].CodeValue for m in it.get("ContentSequence", [])]
+        found[it.ConceptNameCodeSequence[0].CodeValue] = (it.ConceptCodeSequence[0].CodeValue, mods)
+    return found
+
+
+def _comments(group) -> list[str]:
+    return [it.TextValue for it in group[0].ContentSequence
+            if it.ValueType == "TEXT" and it.ConceptNameCodeSequence[0].CodeValue == codes.COMMENT.value]
+
+
+def _landmark_groups(report) -> dict[str, object]:
+    out = {}
+    for g in report.get_image_measurement_groups():
+        ft = g.finding_type
+        if ft is not None and (ft.scheme_designator, ft.value) in codes.LANDMARK_BY_CODE:
+            out[codes.LANDMARK_BY_CODE[(ft.scheme_designator, ft.value)]] = g
+    return out
+
+
 def test_round_trip_recovers_every_landmark_and_measurement_exactly(case, sr):
-    back = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(BytesIO(_sr_bytes(sr))))
-    report = back.content
+    ds = pydicom.dcmread(BytesIO(_sr_bytes(sr)))
+    report = hd.sr.ComprehensiveSR.from_dataset(ds).content
     analysis = analyse(case.result)
 
-    # Landmarks: one planar ROI group each, POINT on the source image, own tracking UID.
-    rois = report.get_planar_roi_measurement_groups()
+    # Landmarks: one group each, its confidence INFERRED FROM a POINT on the source image, own
+    # tracking UID, named by a Comment (what OHIF writes next to the point).
+    lms = _landmark_groups(report)
     available = [lm for lm in case.result.landmarks if lm.available]
-    assert len(rois) == len(available) == 19
-    seen = {}
-    for g in rois:
-        ft = g.finding_type
-        name = codes.LANDMARK_BY_CODE[(ft.scheme_designator, ft.value)]
-        assert g.roi.graphic_type == hd.sr.GraphicTypeValues.POINT
-        ref = g.roi.ContentSequence[0].ReferencedSOPSequence[0]
-        assert ref.ReferencedSOPInstanceUID == case.source.SOPInstanceUID
-        seen[name] = (g.roi.value[0], g.tracking_uid, g)
-    assert len({uid for _, uid, _ in seen.values()}) == 19
+    assert set(lms) == {lm.name for lm in available} and len(available) == 19
+    assert len({g.tracking_uid for g in lms.values()}) == 19
     for lm in available:
-        xy, _, g = seen[lm.name]
+        g = lms[lm.name]
+        (conf,) = g.get_measurements()
+        assert conf.name.value == codes.LANDMARK_CONFIDENCE.value and conf.value == lm.confidence
+        (point,) = conf.referenced_coordinates
+        assert point.graphic_type == hd.sr.GraphicTypeValues.POINT and point.RelationshipType == "INFERRED FROM"
+        ref = point.ContentSequence[0].ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == case.source.SOPInstanceUID
         # SCOORD is FL (float32) with (0, 0) at the pixel corner: exact at that precision.
         expected = np.float32([lm.x + PIXEL_CORNER_OFFSET, lm.y + PIXEL_CORNER_OFFSET])
-        np.testing.assert_array_equal(np.float32(xy), expected)
-        assert abs(float(xy[0]) - PIXEL_CORNER_OFFSET - lm.x) < 1e-3
-        (conf,) = g.get_measurements()
-        assert conf.value == lm.confidence
+        np.testing.assert_array_equal(np.float32(point.value[0]), expected)
+        assert _comments(g) == [lm.name]
         assert _algorithm_items(g) == {"111001": f"cephnode CephTrace v4 ({PACK_NAME})", "111003": PACK_VERSION}
-    assert seen["S"][2].finding_type.value == "42575006" and seen["N"][2].finding_type.scheme_designator == "FMA"
+    assert lms["S"].finding_type.value == "42575006" and lms["N"].finding_type.scheme_designator == "FMA"
 
-    # Measurements: exact values (FD), one INFERRED FROM POLYLINE each; omitted ones say why.
-    groups = report.get_image_measurement_groups()
-    values, lines, omitted = {}, {}, {}
-    for g in groups:
+    # Measurements: exact values (FD), one INFERRED FROM POLYLINE each.
+    values, lines = {}, {}
+    for g in report.get_image_measurement_groups():
         for m in g.get_measurements():
+            if m.name.value == codes.LANDMARK_CONFIDENCE.value:
+                continue
             key = codes.MEASUREMENT_KEY_BY_VALUE[m.name.value]
             values[key] = m.value
             (coords,) = m.referenced_coordinates
@@ -137,33 +165,47 @@ def test_round_trip_recovers_every_landmark_and_measurement_exactly(case, sr):
             assert coords.RelationshipType == "INFERRED FROM"
             lines[key] = coords.value
             assert m.unit.scheme_designator == "UCUM"
-        for qe in g.get_qualitative_evaluations():
-            if qe.name.value in codes.MEASUREMENT_KEY_BY_VALUE and qe.value.value.startswith("NC-"):
-                omitted[codes.MEASUREMENT_KEY_BY_VALUE[qe.name.value]] = qe.value.value
     assert values.keys() == {m.key for m in analysis.computed}
     for m in analysis.computed:
         assert values[m.key] == m.value, m.key                     # bit-exact float64
         np.testing.assert_array_equal(np.float32(lines[m.key]), np.float32(np.array(m.polyline) + PIXEL_CORNER_OFFSET))
+
+    # Everything without geometry is in the report-level Qualitative Evaluations.
+    evaluations = _report_evaluations(ds)
+    omitted = {codes.MEASUREMENT_KEY_BY_VALUE[k]: v for k, (v, _) in evaluations.items()
+               if k in codes.MEASUREMENT_KEY_BY_VALUE}
     assert omitted == {m.key: "NC-LANDMARK" for m in analysis.omitted}
-
-    # Classifications as coded evaluations.
-    (cls,) = [g for g in groups if g.finding_type.value == codes.CLASSIFICATION.value]
-    got = {qe.name.value: qe.value.value for qe in cls.get_qualitative_evaluations()}
+    for m in analysis.omitted:   # and each keeps its caveats (which landmark was missing)
+        want = [codes.caveat_code(f).value for f in m.flags]
+        assert evaluations[codes.measurement_code(m.key, m.name).value][1] == want
     want = {codes.CLASSIFICATIONS[c.key].value: codes.CATEGORIES[c.category].value for c in analysis.classifications}
-    assert got == want
-
-    # Unavailable landmarks are listed, not silently dropped.
-    unavailable = {codes.LANDMARK_BY_CODE[(g.finding_type.scheme_designator, g.finding_type.value)]
-                   for g in groups if (g.finding_type.scheme_designator, g.finding_type.value) in codes.LANDMARK_BY_CODE}
+    assert {k: evaluations[k][0] for k in want} == want
+    unavailable = {codes.LANDMARK_BY_CODE[(c.scheme_designator, c.value)] for c in codes.LANDMARKS.values()
+                   if c.value in evaluations and evaluations[c.value][0] == codes.LANDMARK_SOURCES["unavailable"].value}
     assert unavailable == {lm.name for lm in case.result.landmarks if not lm.available}
+    assert evaluations[codes.TRACING_STATUS.value][0] == codes.TRACING_STATUSES[False].value
 
     # Image Library lists the source image (older OHIF builds need it).
-    ds = pydicom.dcmread(BytesIO(_sr_bytes(sr)))
     library = [it for it in ds.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "111028"]
     assert library, "no Image Library"
     refs = [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
             for grp in library[0].ContentSequence for e in grp.ContentSequence if "ReferencedSOPSequence" in e]
     assert case.source.SOPInstanceUID in refs
+
+
+def test_every_imaging_measurement_group_has_geometry(sr):
+    # OHIF 3.13 reads the first coordinate of every group in Imaging Measurements and stops the
+    # whole SR at one without; it labels a landmark by its Comment, so that comes first.
+    (container,) = [it for it in sr.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "126010"]
+
+    def scoords(items):
+        return [i for it in items for i in ([it] if it.ValueType == "SCOORD" else []) + scoords(it.get("ContentSequence", []))]
+
+    assert len(container.ContentSequence) == 19 + len(analyse(isbi_report_case("001").result).computed)
+    for group in container.ContentSequence:
+        found = scoords(group.ContentSequence)
+        assert found, group.ContentSequence[0].TextValue
+        assert all(s.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in found)
 
 
 def test_confidence_and_rule_based_landmarks_are_coded():
@@ -174,10 +216,8 @@ def test_confidence_and_rule_based_landmarks_are_coded():
     sn.predicted, sn.note = False, "Phase 0B profile geometry"
     (ds,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name="p", pack_version="v").values()
     report = hd.sr.ComprehensiveSR.from_dataset(ds).content
-    by_name = {}
-    for g in report.get_planar_roi_measurement_groups():
-        name = codes.LANDMARK_BY_CODE[(g.finding_type.scheme_designator, g.finding_type.value)]
-        by_name[name] = {qe.name.value: qe.value.value for qe in g.get_qualitative_evaluations()}
+    by_name = {name: {qe.name.value: qe.value.value for qe in g.get_qualitative_evaluations()}
+               for name, g in _landmark_groups(report).items()}
     assert by_name["Pog"][codes.LANDMARK_CONFIDENCE_LEVEL.value] == codes.CONFIDENCE_LEVELS["low"].value
     assert by_name["Sn"][codes.LANDMARK_SOURCE.value] == codes.LANDMARK_SOURCES["rule"].value
     assert by_name["S"][codes.LANDMARK_SOURCE.value] == codes.LANDMARK_SOURCES["model"].value
@@ -193,13 +233,9 @@ def test_unknown_spacing_sr_has_no_mm_values_and_says_why():
     case = isbi_report_case("003", spacing=False)
     (ds,) = build_outputs(case.source, case.result, kinds=["sr"], pack_name="p", pack_version="v").values()
     report = hd.sr.ComprehensiveSR.from_dataset(ds).content
-    units, status = set(), {}
-    for g in report.get_image_measurement_groups():
-        for m in g.get_measurements():
-            units.add(m.unit.value)
-        for qe in g.get_qualitative_evaluations():
-            if qe.value.value.startswith("NC-"):
-                status[codes.MEASUREMENT_KEY_BY_VALUE[qe.name.value]] = qe.value.value
+    units = {m.unit.value for g in report.get_image_measurement_groups() for m in g.get_measurements()}
+    status = {codes.MEASUREMENT_KEY_BY_VALUE[k]: v for k, (v, _) in _report_evaluations(ds).items()
+              if k in codes.MEASUREMENT_KEY_BY_VALUE}
     assert "mm" not in units and {"deg", "%"} <= units
     assert status["mcnamara.lafh"] == "NC-SPACING"
     assert status["mcnamara.co_a"] == "NC-LANDMARK"

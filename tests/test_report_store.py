@@ -33,8 +33,9 @@ def test_orthanc_accepts_each_object_by_c_store(tmp_path):
         ds.save_as(files[-1], enforce_file_format=True)
 
     with start_orthanc(tmp_path / "orthanc") as pacs:
-        # -R: propose exactly the SOP classes of the files (SEG and GSPS included)
-        proc = subprocess.run(["storescu", "-R", "-aet", "CEPHNODE", "-aec", pacs.aet, pacs.host,
+        # -R: propose exactly the SOP classes of the files (SEG and GSPS included); -xv: and JPEG
+            # 2000 lossless, the tracing sheet's transfer syntax
+        proc = subprocess.run(["storescu", "-R", "-xv", "-aet", "CEPHNODE", "-aec", pacs.aet, pacs.host,
                                str(pacs.dicom_port), *map(str, files)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "Failed" not in proc.stderr and "Refused" not in proc.stderr, proc.stderr
@@ -53,5 +54,39 @@ def test_orthanc_accepts_each_object_by_c_store(tmp_path):
         back = pacs.dataset(stored[objects["sr"].SOPInstanceUID])
         report = hd.sr.ComprehensiveSR.from_dataset(back).content
         got = {codes.MEASUREMENT_KEY_BY_VALUE[m.name.value]: m.value
-               for g in report.get_image_measurement_groups() for m in g.get_measurements()}
+               for g in report.get_image_measurement_groups() for m in g.get_measurements()
+               if m.name.value != codes.LANDMARK_CONFIDENCE.value}
         assert got == {m.key: m.value for m in analyse(case.result).computed}
+
+
+def test_a_peer_that_refuses_jpeg_2000_gets_the_tracing_sheet_uncompressed(tmp_path):
+    # The sheet is stored JPEG 2000 lossless; an archive that accepts only uncompressed syntaxes
+    # still gets it, with the same pixels and the same SOP Instance UID (node.delivery).
+    import numpy as np
+    import pydicom
+    from pynetdicom import AE
+
+    from cephnode.node.delivery import _as_peer_accepts
+    from tests.support.dcmtk import start_storescp
+
+    case = isbi_report_case("006")
+    (sc,) = build_outputs(case.source, case.result, kinds="sc", pack_name=PACK_NAME, pack_version=PACK_VERSION).values()
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    drawn = pydicom.dcmread(path).pixel_array
+    with start_storescp(tmp_path / "archive", accept_only=[sc.SOPClassUID]) as scp:
+        ae = AE(ae_title="CEPHNODE")
+        ae.add_requested_context(sc.SOPClassUID, [str(sc.file_meta.TransferSyntaxUID), "1.2.840.10008.1.2.1"])
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
+        assert assoc.is_established
+        try:
+            ds = _as_peer_accepts(assoc, pydicom.dcmread(path), sc.SOPClassUID)
+            status = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+        assert status.Status == 0x0000
+        (got,) = [p for p in scp.folder.iterdir() if p.is_file()]
+    back = pydicom.dcmread(got)
+    assert back.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    assert back.SOPInstanceUID == sc.SOPInstanceUID and back.PhotometricInterpretation == "RGB"
+    assert np.array_equal(back.pixel_array, drawn)
