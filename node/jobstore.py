@@ -138,6 +138,7 @@ class JobStore:
         self.auto_renew = auto_renew
         self._owner, self._owner_pid = _new_owner(), os.getpid()
         self._keeper = None
+        self._claimed: dict[int, int] = {}   # job id -> the attempt this store claimed (a fencing token)
 
     @property
     def owner(self) -> str:
@@ -249,41 +250,62 @@ class JobStore:
                 return None
             db.execute("UPDATE jobs SET state='processing', attempts=attempts+1, updated_at=?, lease_owner=?,"
                        " lease_expires_at=? WHERE id=?", (now, self.owner, now + self.lease_s, row["id"]))
+        self._claimed[row["id"]] = row["attempts"] + 1
         self._keep_leases()
         return Job(row["id"], row["sop_uid"], row["study_uid"], "processing", row["attempts"] + 1, None,
                    row["path"], row["calling_ae"], row["peer_host"])
 
-    def fail_job(self, job_id: int, error: str, *, timings: dict[str, float] | None = None) -> bool:
-        """Processing failed for good. False if the job was no longer processing (its lease had
-        expired and another worker took it, or an operator changed it): nothing is changed."""
-        now = time.time()
-        with self._tx() as db:
-            return db.execute(
-                "UPDATE jobs SET state='failed', error=?, updated_at=?, finished_at=?, timings=COALESCE(?, timings),"
-                " lease_owner=NULL, lease_expires_at=NULL WHERE id=? AND state='processing'",
-                (error, now, now, json.dumps(timings) if timings else None, job_id)).rowcount > 0
+    def _still_ours(self, job_id: int, attempt: int | None) -> tuple[str, tuple]:
+        """The WHERE clause that lets a completion through only while the claim stands: the job
+        is still processing and, when the claiming attempt is known (given, or remembered from
+        this store's own claim_job), still in that attempt. A worker whose lease ran out and
+        whose job another worker took (attempt + 1) is fenced off."""
+        attempt = self._claimed.get(job_id) if attempt is None else attempt
+        if attempt is None:
+            return "id=? AND state='processing'", (job_id,)
+        return "id=? AND state='processing' AND attempts=?", (job_id, attempt)
 
-    def requeue_job(self, job_id: int, error: str) -> bool:
+    def fail_job(self, job_id: int, error: str, *, timings: dict[str, float] | None = None,
+                 attempt: int | None = None) -> bool:
+        """Processing failed for good. False if the claim no longer stands (the lease expired and
+        another worker took the job, or an operator changed it): nothing is changed."""
+        now = time.time()
+        where, args = self._still_ours(job_id, attempt)
         with self._tx() as db:
-            return db.execute("UPDATE jobs SET state='queued', error=?, updated_at=?, lease_owner=NULL,"
-                              " lease_expires_at=NULL WHERE id=? AND state='processing'",
-                              (error, time.time(), job_id)).rowcount > 0
+            done = db.execute(
+                "UPDATE jobs SET state='failed', error=?, updated_at=?, finished_at=?, timings=COALESCE(?, timings),"
+                f" lease_owner=NULL, lease_expires_at=NULL WHERE {where}",
+                (error, now, now, json.dumps(timings) if timings else None, *args)).rowcount > 0
+        return self._released(job_id, done)
+
+    def _released(self, job_id: int, done: bool) -> bool:
+        if done:
+            self._claimed.pop(job_id, None)
+        return done
+
+    def requeue_job(self, job_id: int, error: str, *, attempt: int | None = None) -> bool:
+        where, args = self._still_ours(job_id, attempt)
+        with self._tx() as db:
+            done = db.execute("UPDATE jobs SET state='queued', error=?, updated_at=?, lease_owner=NULL,"
+                              f" lease_expires_at=NULL WHERE {where}", (error, time.time(), *args)).rowcount > 0
+        return self._released(job_id, done)
 
     def finish_processing(self, job_id: int, outputs: list[dict[str, Any]], deliveries: list[dict[str, Any]],
-                          timings: dict[str, float], *, note: str | None = None) -> str:
+                          timings: dict[str, float], *, note: str | None = None, attempt: int | None = None) -> str:
         """Record the produced objects and queue their deliveries in one transaction.
-        Returns the job's new state (delivering, or done when nothing is to be sent). If the job
-        is no longer processing (another worker took it over after this one's lease expired
-        and settled it first), nothing is recorded and its current state is returned: the
-        objects are the same ones, so the first result stands."""
+        Returns the job's new state (delivering, or done when nothing is to be sent). If the claim
+        no longer stands (this worker's lease expired and another worker took the job over),
+        nothing is recorded and the job's current state is returned: the other worker makes
+        the very same objects (derived UIDs), so they are delivered once, by whoever finishes."""
         now = time.time()
         state = "delivering" if deliveries else "done"
+        where, args = self._still_ours(job_id, attempt)
         with self._tx() as db:
             updated = db.execute(
                 "UPDATE jobs SET state=?, error=?, outputs=?, timings=?, updated_at=?, finished_at=?, lease_owner=NULL,"
-                " lease_expires_at=NULL WHERE id=? AND state='processing'",
+                f" lease_expires_at=NULL WHERE {where}",
                 (state, note, json.dumps(outputs), json.dumps(timings), now, now if state == "done" else None,
-                 job_id)).rowcount
+                 *args)).rowcount
             if not updated:
                 row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
                 return row["state"] if row else "missing"
@@ -294,6 +316,7 @@ class JobStore:
                     " ON CONFLICT DO NOTHING",
                     [(job_id, d["destination"], d["ae_title"], d["host"], d["port"], d["kind"], d["sop_uid"],
                       d["sop_class"], d["path"], now) for d in deliveries])
+        self._released(job_id, True)
         return state
 
     # ---- delivery ---------------------------------------------------------------------

@@ -83,7 +83,7 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 """
 
 # Several processes may start at once against an empty database: CREATE TABLE IF NOT EXISTS is
-# not safe against itself, so schema set-up runs under one transaction-scoped advisory lock.
+# not safe against itself, so schema creation runs under one transaction-scoped advisory lock.
 _SCHEMA_LOCK = 0x63657068  # "ceph"
 POOL_IDLE_MAX = 8
 
@@ -154,12 +154,21 @@ class PostgresBackend:
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        with self.transaction() as db:
-            db.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
-            db.raw.execute(SCHEMA)
+        self._create_schema()
 
     def describe(self) -> str:
         return redact(self.url)
+
+    def _create_schema(self) -> None:
+        """Only when the tables are missing: even CREATE INDEX IF NOT EXISTS takes a share lock
+        on its table, which would deadlock against the queue's running transactions."""
+        with self.connection() as db:
+            if db.execute("SELECT to_regclass('deliveries')").fetchone()[0] is not None:
+                return
+        with self.transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+            if db.execute("SELECT to_regclass('deliveries')").fetchone()[0] is None:
+                db.raw.execute(SCHEMA)
 
     # ---- the pool -----------------------------------------------------------------------
     def _new(self):
