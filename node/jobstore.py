@@ -325,6 +325,9 @@ class JobStore:
     def claim_deliveries(self, *, now: float | None = None, limit: int = 50) -> list[Delivery]:
         """Take up to `limit` due deliveries no other process holds, leased to this process."""
         now = time.time() if now is None else now
+        with self._read() as db:  # the common idle case takes no write lock
+            if db.execute(f"SELECT 1 FROM deliveries WHERE {self._DUE} LIMIT 1", (now, now)).fetchone() is None:
+                return []
         with self._tx() as db:
             rows = db.execute(f"SELECT * FROM deliveries WHERE {self._DUE} ORDER BY next_attempt_at, id LIMIT ?"
                               + self._lock(skip_locked=True), (now, now, limit)).fetchall()
