@@ -75,6 +75,7 @@ def main() -> int:
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
 
     work = Path(tempfile.mkdtemp(prefix="cephnode-bench-"))
+    load_start = os.getloadavg()[0]
     cluster = None
     try:
         pack = test_model_pack(Path.home() / ".cache" / "cephnode")
@@ -186,6 +187,7 @@ def main() -> int:
             "kinds": kinds,
             "model_pack": str(pack),
             "cpu_count": os.cpu_count(),
+            "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # others' work too
             "quiet_period_s": args.quiet,
             "store": args.store,
             "layout": ("one `serve --role all` process" if args.store == "sqlite" else
