@@ -8,6 +8,7 @@ or child processes): a job that hangs is the job time limit's business, not the 
 """
 from __future__ import annotations
 
+import atexit
 import threading
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name="cephnode-leases", daemon=True)
 
     def start(self) -> None:
+        atexit.register(self.stop)  # at interpreter exit, stop before the database goes away
         self._thread.start()
 
     def stop(self) -> None:
