@@ -5,9 +5,15 @@ Prints one JSON object:
   receive_rate_per_s        instances / s over the burst (C-STORE request to last response)
   latency_s                 C-STORE answered -> result stored in Orthanc, quiet period excluded:
                             p50/p95/max for the SR and for all objects of the job
-  node_peak_rss_mb          the node process's VmHWM at the end
+  drain_rate_per_s          instances / s from the first C-STORE to the last job finished, quiet
+                            period excluded: the sustained throughput of the whole layout
+  node_peak_rss_mb          each node process's VmHWM at the end
   lost / doubled            instances without a result in Orthanc / SOP UIDs there more than once
+Layouts: `--store sqlite` (default) is the single `cephnode serve` process; `--store postgresql`
+starts a throwaway PostgreSQL cluster (fsync on) and runs one `--role receiver` process plus
+`--worker-processes N` `--role worker` processes on a shared spool/outbox.
 Usage: .venv/bin/python bench/bench_node.py [--count 200] [--kinds sr,seg,gsps] [--scale 1.0]
+       .venv/bin/python bench/bench_node.py --store postgresql --worker-processes 2
 """
 from __future__ import annotations
 
@@ -15,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -31,6 +36,7 @@ from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # noqa: E402
 
 from cephnode.dicom_io.uids import derived_uid  # noqa: E402
+from cephnode.node.jobstore import JobStore  # noqa: E402
 from tests.support import dicomgen  # noqa: E402
 from tests.support.nodeproc import make_node, test_model_pack  # noqa: E402
 from tests.support.orthanc import free_port, start_orthanc  # noqa: E402
@@ -59,13 +65,18 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="image scale (1.0 = ISBI 968 x 1200)")
     ap.add_argument("--quiet", type=float, default=1.0, help="quiet period of the node, s")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads of the node")
-    ap.add_argument("--workers", type=int, default=1, help="processing.workers of the node")
+    ap.add_argument("--workers", type=int, default=1, help="processing.workers of each processing node")
+    ap.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite",
+                    help="sqlite: one `serve` process; postgresql: a receiver process plus worker processes")
+    ap.add_argument("--worker-processes", type=int, default=1, help="`--role worker` processes (postgresql)")
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
 
     work = Path(tempfile.mkdtemp(prefix="cephnode-bench-"))
+    load_start = os.getloadavg()[0]
+    cluster = None
     try:
         pack = test_model_pack(Path.home() / ".cache" / "cephnode")
         # a few real ISBI images in several encodings, one study per image as a clinic sends them
@@ -74,16 +85,39 @@ def main() -> int:
         for i in range(args.count):
             ds = dicomgen.ceph_variant(bases[i % len(bases)], VARIANTS[i % len(VARIANTS)], study_uid=generate_uid())
             encoded.append(ds)
+        storage: dict = {}
+        if args.store == "postgresql":
+            from tests.support.postgres import start_cluster
+
+            cluster = start_cluster(durable=True)
+            storage = {"database": cluster.new_database(), "spool_dir": str(work / "shared" / "spool"),
+                       "outbox_dir": str(work / "shared" / "outbox")}
         with start_orthanc(work / "pacs") as pacs:
-            node = make_node(work / "node", port=free_port(), pack=pack, quiet_period_s=args.quiet,
-                             allowed_callers=[{"ae_title": "BENCH"}],
-                             destinations=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
-                                            "port": pacs.dicom_port, "kinds": kinds}],
-                             extra={"processing": {"outbox_kinds": kinds, "workers": args.workers,
-                                                   **({"threads": args.threads} if args.threads else {})},
-                                    "logging": {"level": "WARNING"}})
-            with node:
+            def make(name: str, role: str):
+                n = make_node(work / name, port=free_port(), pack=pack, quiet_period_s=args.quiet,
+                              allowed_callers=[{"ae_title": "BENCH"}],
+                              destinations=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
+                                             "port": pacs.dicom_port, "kinds": kinds}],
+                              extra={"processing": {"outbox_kinds": kinds, "workers": args.workers,
+                                                    **({"threads": args.threads} if args.threads else {})},
+                                     "storage": storage,
+                                     # a worker has no DICOM port: its `node_started` line says it is ready
+                                     "logging": {"level": "INFO" if role == "worker" else "WARNING"}})
+                n.role = role
+                return n
+
+            if args.store == "sqlite":
+                node = make("node", "all")
+                processes = [node]
+            else:
+                node = make("receiver", "receiver")
+                processes = [node] + [make(f"worker-{i + 1}", "worker") for i in range(args.worker_processes)]
+            try:
+                for p in processes[1:]:
+                    p.start(wait=False)
                 node.start(calling_ae="BENCH")
+                for p in processes[1:]:
+                    p.wait_for_event("node_started", after_start=1)
                 ae = AE(ae_title="BENCH")
                 for ts in {str(ds.file_meta.TransferSyntaxUID) for ds in encoded}:
                     ae.add_requested_context(DigitalXRayImageStorageForPresentation, ts)
@@ -105,21 +139,30 @@ def main() -> int:
                     if st["queue_depth"] == 0 and st["open_studies"] == 0 and sum(st["jobs"].values()) == n:
                         break
                     time.sleep(1.0)
-                rss = peak_rss_mb(node.process.pid)
+                rss = {p.log_path.parent.name: peak_rss_mb(p.process.pid) for p in processes}
                 from cephnode.inference.pack import load_pack
 
                 version = load_pack(pack).version
-                with sqlite3.connect(node.db_path) as db:
-                    jobs = {r[0]: (r[1], r[2]) for r in db.execute(
-                        "SELECT j.sop_uid, j.state, MAX(d.delivered_at) FROM jobs j LEFT JOIN deliveries d"
-                        " ON d.job_id = j.id GROUP BY j.id")}
-                    sr_at = {r[0]: r[1] for r in db.execute(
-                        "SELECT j.sop_uid, d.delivered_at FROM deliveries d JOIN jobs j ON j.id = d.job_id"
-                        " WHERE d.kind='sr' AND d.state='done'")}
-                    timings = [json.loads(r[0]) for r in db.execute("SELECT timings FROM jobs WHERE timings IS NOT NULL")]
+                store = JobStore(node.queue)
+                job_rows, delivery_rows = store.jobs(), store.deliveries()
+                store.close()
+                by_id = {j["id"]: j for j in job_rows}
+                last_delivery: dict[int, float] = {}
+                sr_at: dict[str, float] = {}
+                for d in delivery_rows:
+                    if d["state"] == "done":
+                        last_delivery[d["job_id"]] = max(last_delivery.get(d["job_id"], 0.0), d["delivered_at"])
+                        if d["kind"] == "sr":
+                            sr_at[by_id[d["job_id"]]["sop_uid"]] = d["delivered_at"]
+                jobs = {j["sop_uid"]: (j["state"], last_delivery.get(j["id"])) for j in job_rows}
+                timings = [json.loads(j["timings"]) for j in job_rows if j["timings"]]
+                finished = [j["finished_at"] for j in job_rows if j["finished_at"]]
                 in_pacs = pacs.instances_by_sop_uid()
                 pacs_count = len(pacs.instances())
-                node.terminate()
+            finally:
+                for p in processes:
+                    p.terminate()
+                    p.__exit__()
 
         lat_sr, lat_all, lost = [], [], []
         for ds in encoded:
@@ -144,17 +187,22 @@ def main() -> int:
             "kinds": kinds,
             "model_pack": str(pack),
             "cpu_count": os.cpu_count(),
+            "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # others' work too
             "quiet_period_s": args.quiet,
-        "workers": args.workers,
+            "store": args.store,
+            "layout": ("one `serve --role all` process" if args.store == "sqlite" else
+                       f"1 receiver + {args.worker_processes} worker process(es)"),
+            "workers_per_process": args.workers,
             "burst_s": round(t_burst, 3),
             "receive_rate_per_s": round(len(answered) / t_burst, 1),
+            "drain_rate_per_s": (round(n / (max(finished) - t0 - args.quiet), 3) if finished else None),
             "latency_s": {
                 "sr_stored": {"min": pct(lat_sr, 0), "p50": pct(lat_sr, 50), "p95": pct(lat_sr, 95), "max": pct(lat_sr, 100)},
                 "all_objects_stored": {"min": pct(lat_all, 0), "p50": pct(lat_all, 50), "p95": pct(lat_all, 95),
                                        "max": pct(lat_all, 100)},
             },
             "per_job_median_ms": step_ms,
-            "node_peak_rss_mb": round(rss, 1) if rss else None,
+            "node_peak_rss_mb": {k: (round(v, 1) if v else None) for k, v in rss.items()},
             "acknowledged": len(answered),
             "lost": len(lost),
             "results_in_orthanc": pacs_count,
@@ -163,6 +211,8 @@ def main() -> int:
         print(json.dumps(report, indent=2))
         return 0 if not lost else 1
     finally:
+        if cluster is not None:
+            cluster.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -30,6 +30,9 @@ def _config(args):
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the DICOM node (Storage SCP, queue, inference, delivery)")
     _add_config_arg(p)
+    p.add_argument("--role", choices=["all", "receiver", "worker"], default="all",
+                   help="receiver: Storage SCP and study scheduler; worker: inference and delivery; all: both "
+                        "(split roles share a PostgreSQL queue, storage.database)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="queue depth, recent jobs and failures")
@@ -73,7 +76,7 @@ def cmd_serve(args) -> int:
     cfg = _config(args)
     logs.configure(cfg.logging.level, cfg.logging.format, cfg.logging.log_phi)
     try:
-        NodeService(cfg).serve_forever()
+        NodeService(cfg, role=args.role).serve_forever()
     except (ValueError, OSError) as exc:  # PackError is a ValueError; a busy port an OSError
         logs.get_logger("cephnode").error("start_failed", error=f"{type(exc).__name__}: {exc}")
         print(f"cephnode serve: cannot start: {exc}", file=sys.stderr)
@@ -82,18 +85,20 @@ def cmd_serve(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from cephnode.node.jobstore import JobStore
+    from cephnode.node.jobstore import open_store
 
     cfg = _config(args)
-    if not Path(cfg.storage.db).exists():
+    if not cfg.storage.shared and not Path(cfg.storage.db).exists():
         print(f"no queue database at {cfg.storage.db}: the node has not run with this configuration", file=sys.stderr)
         return 1
-    summary = JobStore(cfg.storage.db).summary(recent=args.recent)
+    summary = open_store(cfg.storage).summary(recent=args.recent)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     inst = summary["instances"]
-    print(f"queue depth: {summary['queue_depth']}   open studies: {summary['open_studies']}")
+    print(f"queue ({summary['store']}) depth: {summary['queue_depth']}   open studies: {summary['open_studies']}")
+    if summary["processing_by"]:
+        print("processing now: " + ", ".join(f"{owner} {n}" for owner, n in summary["processing_by"].items()))
     print(f"instances: {inst['received']} received, {inst['selected']} selected, {inst['skipped']} skipped, "
           f"{inst['duplicates']} duplicate receipts, {inst['pruned']} pruned by retention")
     print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(summary["jobs"].items())) or "none"))
@@ -125,10 +130,10 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_retry(args) -> int:
-    from cephnode.node.jobstore import JobStore
+    from cephnode.node.jobstore import open_store
 
     cfg = _config(args)
-    store = JobStore(cfg.storage.db)
+    store = open_store(cfg.storage)
     try:
         ids = store.retry(args.job, all_failed=args.failed)
     except KeyError as exc:

@@ -120,6 +120,27 @@ class StorageConfig(_Strict):
     # refuses C-STOREs with status A700 (out of resources; the sender retries later) instead
     # of failing half-way through a write. 0 turns the check off.
     min_free_mb: float = Field(default=1024.0, ge=0.0)
+    # A postgresql:// URL puts the queue in PostgreSQL, shared by several `cephnode serve`
+    # processes on one host or many (`--role`); spool_dir and outbox_dir must then be one
+    # folder every process sees. Unset: the embedded SQLite file db_path. Keep the password out
+    # of the file: libpq reads PGPASSWORD or ~/.pgpass.
+    database: str | None = None
+    # How long a claimed job or delivery stays with a process that stops renewing it (killed,
+    # host lost) before another process takes it again. Renewed every lease_s / 3.
+    lease_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+
+    @field_validator("database")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and value.split("://", 1)[0] not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL (the embedded SQLite file is storage.db_path)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_queue(self) -> "StorageConfig":
+        if self.database is not None and self.db_path is not None:
+            raise ValueError("set either database (PostgreSQL) or db_path (SQLite), not both")
+        return self
 
     @property
     def spool(self) -> Path:
@@ -127,7 +148,18 @@ class StorageConfig(_Strict):
 
     @property
     def db(self) -> Path:
+        """The SQLite file (when database is unset)."""
         return self.db_path or self.data_dir / "queue.sqlite"
+
+    @property
+    def queue(self) -> str | Path:
+        """Where the queue lives: the PostgreSQL URL, else the SQLite file."""
+        return self.database or self.db
+
+    @property
+    def shared(self) -> bool:
+        """Several node processes may share this queue (PostgreSQL)."""
+        return self.database is not None
 
     @property
     def outbox(self) -> Path:

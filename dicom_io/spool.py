@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -63,10 +64,17 @@ def write_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
-def remove_partials(folder: Path) -> int:
-    """Delete temporary files a crash left behind; returns how many."""
+def remove_partials(folder: Path, *, older_than_s: float = 0.0) -> int:
+    """Delete temporary files a crash left behind; returns how many. older_than_s: on a folder
+    other live processes write to, leave their writes in flight alone."""
     n = 0
+    cutoff = time.time() - older_than_s
     for p in Path(folder).rglob(".incoming-*.part"):
-        p.unlink(missing_ok=True)
+        try:
+            if older_than_s and p.stat().st_mtime > cutoff:
+                continue
+            p.unlink()
+        except FileNotFoundError:
+            continue
         n += 1
     return n

@@ -1,4 +1,4 @@
-"""C-STORE of produced objects to their destinations, with exponential backoff kept in SQLite.
+"""C-STORE of produced objects to their destinations, with exponential backoff kept in the queue.
 
 One association per destination and round; each object's outcome is committed on its own, so
 a crash mid-round repeats at most the object in flight (same UIDs: the archive replaces it).
@@ -64,8 +64,9 @@ class Deliverer:
         return Peer(d.destination, d.ae_title, d.host, d.port, own, tls)
 
     def run_once(self, stop=None) -> int:
-        """Attempt every due delivery; returns how many were attempted."""
-        due = self.store.due_deliveries()
+        """Attempt the due deliveries this process could claim (others may be sending the
+        rest: claims are leased, node/jobstore.py); returns how many were attempted."""
+        due = self.store.claim_deliveries()
         groups: dict[tuple, list[Delivery]] = defaultdict(list)
         peers: dict[tuple, Peer] = {}
         web: dict[str, list[Delivery]] = defaultdict(list)

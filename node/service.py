@@ -6,9 +6,13 @@ Threads (the receiver's association threads come from pynetdicom):
              transaction, so no two workers take the same one
   delivery   sends produced objects, honouring each delivery's next_attempt_at
   retention  hourly, deletes the files of finished work past storage.retention_days
-Everything that matters is in SQLite, so stopping at any point (SIGTERM or kill -9) loses
-nothing: on start, interrupted jobs are queued again and spool files the database does not
+Everything that matters is in the queue database, so stopping at any point (SIGTERM or kill -9)
+loses nothing: on start, interrupted jobs are queued again and spool files the database does not
 know (a crash between the file and the commit) are adopted.
+
+Scale-out (node/roles.py): `--role receiver` runs only the receiver and the scheduler, `--role
+worker` only workers, delivery and retention; several of each share a PostgreSQL queue, whose
+claims and leases (node/jobstore.py) replace the single-process assumptions.
 """
 from __future__ import annotations
 
@@ -24,17 +28,20 @@ import pydicom
 from cephnode.config.schema import NodeConfig
 from cephnode.dicom_io.spool import remove_partials
 from cephnode.node.delivery import Deliverer
-from cephnode.node.jobstore import InstanceRecord, JobStore
+from cephnode.node.jobstore import InstanceRecord, JobStore, open_store
 from cephnode.node.logs import get_logger
 from cephnode.node.processing import Processor
 from cephnode.node.retention import prune
 from cephnode.node.receiver import Receiver
+from cephnode.node.roles import Role, check_role
 from cephnode.node.selection import evaluate
 
 log = get_logger("cephnode.service")
 
 POLL_S = 0.2
 PRUNE_EVERY_S = 3600.0
+# On a shared spool/outbox, files younger than this may be another live process's write in flight.
+SHARED_FOLDER_GRACE_S = 600.0
 
 
 def load_pipeline(cfg: NodeConfig) -> Any:
@@ -45,9 +52,10 @@ def load_pipeline(cfg: NodeConfig) -> Any:
 
 
 class NodeService:
-    def __init__(self, cfg: NodeConfig, *, pipeline: Any = None):
+    def __init__(self, cfg: NodeConfig, *, pipeline: Any = None, role: Role | str = Role.ALL):
         self.cfg = cfg
         self.pipeline = pipeline
+        self.role = Role(role)
         self._stop = threading.Event()
         self._wake_scheduler = threading.Event()
         self._wake_worker = threading.Event()
@@ -63,15 +71,43 @@ class NodeService:
         cfg = self.cfg
         for folder in (cfg.storage.spool, cfg.storage.outbox):
             Path(folder).mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(cfg.storage.db)
+        # ---- store and role (scale-out) ----
+        check_role(self.role, shared_store=cfg.storage.shared)
+        self.store = open_store(cfg.storage, max_processing_attempts=cfg.processing.max_processing_attempts)
+        grace = SHARED_FOLDER_GRACE_S if not self.store.exclusive else 0.0
+        # ----
         recovered = self.store.recover(cfg.processing.max_processing_attempts)
-        partials = remove_partials(Path(cfg.storage.spool)) + remove_partials(Path(cfg.storage.outbox))
-        adopted = self._adopt_orphans()
+        partials = (remove_partials(Path(cfg.storage.spool), older_than_s=grace)
+                    + remove_partials(Path(cfg.storage.outbox), older_than_s=grace))
+        adopted = self._adopt_orphans(min_age_s=grace) if self.role.receives else 0
         summary = self.store.summary(recent=0)
         log.info("recovered", requeued_jobs=recovered["requeued"], parked_jobs=recovered["parked"],
                  adopted_spool_files=adopted, removed_partial_files=partials, queue_depth=summary["queue_depth"],
-                 pending_deliveries=summary["deliveries"].get("pending", 0))
+                 pending_deliveries=summary["deliveries"].get("pending", 0), role=self.role.value,
+                 store=self.store.describe(), owner=self.store.owner)
         self._start_observability()
+        if self.role.processes:
+            self._start_processing()
+        if self.role.receives:
+            self._start_receiving()
+        log.info("node_started", role=self.role.value, ae_title=cfg.listen.ae_title,
+                 port=self.receiver.port if self.receiver else None, quiet_period_s=cfg.study.quiet_period_s,
+                 destinations=[d.name for d in cfg.destinations])
+
+    def _start_loops(self, loops) -> None:
+        for name, target in loops:
+            t = threading.Thread(target=self._guard(name, target), name=f"cephnode-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _start_receiving(self) -> None:
+        self._start_loops([("scheduler", self._scheduler_loop)])
+        self.receiver = Receiver(self.cfg, self.store, on_received=self._wake_scheduler.set, metrics=self.metrics,
+                                 watermark=self.watermark)
+        self.receiver.start()
+
+    def _start_processing(self) -> None:
+        cfg = self.cfg
         if self.pipeline is None:
             t = time.perf_counter()
             self.pipeline = load_pipeline(cfg)
@@ -79,19 +115,11 @@ class NodeService:
                      providers=self.pipeline.providers, load_ms=round((time.perf_counter() - t) * 1000, 1))
         self.processor = Processor(cfg, self.store, self.pipeline)
         self.deliverer = Deliverer(cfg, self.store, metrics=self.metrics)
-        loops = [("scheduler", self._scheduler_loop), ("delivery", self._delivery_loop)]
+        loops = [("delivery", self._delivery_loop)]
         loops += [(f"worker-{i + 1}", self._worker_loop) for i in range(cfg.processing.workers)]
         if cfg.storage.retention_days > 0:
             loops.append(("retention", self._retention_loop))
-        for name, target in loops:
-            t = threading.Thread(target=self._guard(name, target), name=f"cephnode-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        self.receiver = Receiver(cfg, self.store, on_received=self._wake_scheduler.set, metrics=self.metrics,
-                                 watermark=self.watermark)
-        self.receiver.start()
-        log.info("node_started", ae_title=cfg.listen.ae_title, port=self.receiver.port,
-                 quiet_period_s=cfg.study.quiet_period_s, destinations=[d.name for d in cfg.destinations])
+        self._start_loops(loops)
 
     def _start_observability(self) -> None:
         """Metrics, the disk watermark and the admin HTTP endpoint; up before the model pack
@@ -118,21 +146,29 @@ class NodeService:
 
     def readiness(self) -> dict:
         checks = {
-            "listening": self.receiver is not None and self.receiver.listening,
+            # a worker-only process has no listener, a receiver-only one no model pack
+            "listening": not self.role.receives or (self.receiver is not None and self.receiver.listening),
             "queue_db_writable": self.store is not None and self.store.writable(),
-            "model_pack_loaded": self.pipeline is not None,
+            "model_pack_loaded": not self.role.processes or self.pipeline is not None,
             "disk_above_watermark": not self.watermark.low(),
         }
         return {"ready": all(checks.values()), "checks": checks}
 
-    def _adopt_orphans(self) -> int:
+    def _adopt_orphans(self, *, min_age_s: float = 0.0) -> int:
         """Spool files written just before a crash, whose database row never committed. The
-        sender had no Success for them; recording them now means a resend is a duplicate."""
+        sender had no Success for them; recording them now means a resend is a duplicate.
+        min_age_s: on a shared spool, a younger file may be another receiver's commit in flight."""
         known = self.store.known_paths()
         adopted = 0
         spool = Path(self.cfg.storage.spool).resolve()
+        cutoff = time.time() - min_age_s
         for path in sorted(spool.rglob("*.dcm")):
             if str(path) in known:
+                continue
+            try:
+                if min_age_s and path.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
                 continue
             try:
                 ds = pydicom.dcmread(BytesIO(path.read_bytes()), stop_before_pixels=True)

@@ -99,7 +99,9 @@ def test_kill9_mid_burst_then_restart_loses_and_doubles_nothing(tmp_path, pack):
             again = storescu(files, node.port, called_ae="CEPHNODE", calling_ae="MODALITY")
             assert again.returncode == 0, again.stderr
             # second kill -9, this time while jobs are being processed
-            while _count(db, "SELECT COUNT(*) FROM jobs WHERE state IN ('done', 'delivering')") < 2:
+            # (a job must be in processing at that moment: not between one job's end and the next claim)
+            while (_count(db, "SELECT COUNT(*) FROM jobs WHERE state IN ('done', 'delivering')") < 2
+                   or _count(db, "SELECT COUNT(*) FROM jobs WHERE state='processing'") < 1):
                 assert node.alive(), node.log_tail()
                 time.sleep(0.02)
             node.kill9()

@@ -1,4 +1,5 @@
-"""The durable queue and the selection rules, on a real SQLite file."""
+"""The durable queue and the selection rules. Every queue test runs twice: on a real SQLite file
+and on a real PostgreSQL database (tests/support/postgres.py starts a throwaway cluster)."""
 from __future__ import annotations
 
 import time
@@ -9,6 +10,7 @@ from cephnode.config.schema import SelectionRules
 from cephnode.node.jobstore import InstanceRecord, JobStore
 from cephnode.node.selection import evaluate
 from tests.support import dicomgen
+from tests.support.postgres import queue_target  # noqa: F401 (a fixture)
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -18,8 +20,8 @@ def _rec(sop, study="1.2.3", selected=True, reason=None):
                           "127.0.0.1", selected, reason)
 
 
-def test_quiet_period_closes_a_study_and_duplicates_are_not_queued_twice(tmp_path):
-    store = JobStore(tmp_path / "q.sqlite")
+def test_quiet_period_closes_a_study_and_duplicates_are_not_queued_twice(queue_target):
+    store = JobStore(queue_target)
     assert store.record_instance(_rec("1.1"), now=100.0)
     assert store.record_instance(_rec("1.2"), now=101.0)
     assert not store.record_instance(_rec("1.1"), now=101.5)          # duplicate
@@ -34,19 +36,22 @@ def test_quiet_period_closes_a_study_and_duplicates_are_not_queued_twice(tmp_pat
     assert s["jobs"] == {"queued": 3} and s["queue_depth"] == 3
 
 
-def test_interrupted_jobs_resume_and_repeat_offenders_are_parked(tmp_path):
-    db = tmp_path / "q.sqlite"
-    store = JobStore(db)
+def test_interrupted_jobs_resume_and_repeat_offenders_are_parked(queue_target):
+    db = queue_target
+    store = JobStore(db, lease_s=0.3, auto_renew=False)  # a process that dies does not renew
     for sop in ("2.1", "2.2"):
         store.record_instance(_rec(sop, study="9"), now=0)
     store.close_quiet_studies(0, now=1)
     first = store.claim_job()
     assert first.sop_uid == "2.1" and first.attempts == 1
-    # "kill -9": a new store on the same file, as after a restart
-    reopened = JobStore(db)
+    # "kill -9": a new store on the same database, as after a restart (on a shared store the
+    # lease must have run out first: another live process might still be working on it)
+    time.sleep(0.4)
+    reopened = JobStore(db, lease_s=0.3, auto_renew=False)
     assert reopened.recover(max_processing_attempts=2) == {"requeued": 1, "parked": 0}
     again = reopened.claim_job()
     assert again.id == first.id and again.attempts == 2
+    time.sleep(0.4)
     assert reopened.recover(max_processing_attempts=2) == {"requeued": 0, "parked": 1}
     failed = reopened.job(first.id)
     assert failed["state"] == "failed" and "interrupted 2 times" in failed["error"]
@@ -54,25 +59,25 @@ def test_interrupted_jobs_resume_and_repeat_offenders_are_parked(tmp_path):
     assert reopened.job(first.id)["state"] == "queued"
 
 
-def test_delivery_outcomes_settle_the_job(tmp_path):
-    store = JobStore(tmp_path / "q.sqlite")
+def test_delivery_outcomes_settle_the_job(queue_target):
+    store = JobStore(queue_target)
     store.record_instance(_rec("3.1", study="7"), now=0)
     store.close_quiet_studies(0, now=1)
     job = store.claim_job()
     objs = [{"kind": k, "sop_uid": f"9.{i}", "sop_class": "1.2", "path": f"/o/{k}.dcm"} for i, k in enumerate(("sr", "gsps"))]
     deliveries = [{"destination": "pacs", "ae_title": "P", "host": "h", "port": 1, **o} for o in objs]
     assert store.finish_processing(job.id, objs, deliveries, {"total_ms": 1.0}) == "delivering"
-    due = store.due_deliveries()
-    assert len(due) == 2
+    due = store.claim_deliveries()
+    assert len(due) == 2 and store.claim_deliveries() == []      # claimed: no one else takes them
     store.delivery_succeeded(due[0])
     assert store.delivery_failed(due[1], "down", retry_in_s=60) == "delivering"
-    assert store.due_deliveries() == []                       # backoff: not due for 60 s
+    assert store.claim_deliveries() == []                     # backoff: not due for 60 s
     assert store.next_delivery_time() > time.time() + 30
     assert store.delivery_failed(due[1], "still down", retry_in_s=None) == "failed"
     job_row = store.job(job.id)
     assert job_row["state"] == "failed" and "pacs gsps: still down" in job_row["error"]
     store.retry(all_failed=True)
-    assert store.job(job.id)["state"] == "delivering" and len(store.due_deliveries()) == 1
+    assert store.job(job.id)["state"] == "delivering" and len(store.claim_deliveries()) == 1
 
 
 def test_default_selection_takes_lateral_cephs_and_skips_the_rest():

@@ -1,4 +1,5 @@
-"""Retention: what is deleted after storage.retention_days, and what never is (real files, real SQLite)."""
+"""Retention: what is deleted after storage.retention_days, and what never is (real files; the
+queue on real SQLite and on real PostgreSQL)."""
 from __future__ import annotations
 
 import sqlite3
@@ -6,6 +7,7 @@ import time
 
 from cephnode.node.jobstore import InstanceRecord, JobStore
 from cephnode.node.retention import DAY_S, prune
+from tests.support.postgres import queue_target  # noqa: F401 (a fixture)
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -34,9 +36,9 @@ def _process(store, outbox, *, deliveries: int):
     return job, out
 
 
-def test_only_finished_work_past_retention_is_pruned(tmp_path):
+def test_only_finished_work_past_retention_is_pruned(tmp_path, queue_target):
     spool, outbox = tmp_path / "spool", tmp_path / "outbox"
-    store = JobStore(tmp_path / "q.sqlite")
+    store = JobStore(queue_target)
     t0 = time.time()
     delivered = _receive(store, spool, "1.1", "10", now=t0)
     failed = _receive(store, spool, "1.2", "10", now=t0)
@@ -46,11 +48,11 @@ def test_only_finished_work_past_retention_is_pruned(tmp_path):
     waiting = _receive(store, spool, "2.1", "20", now=t0)        # its study never closed: no job yet
 
     job, delivered_out = _process(store, outbox, deliveries=1)
-    for d in store.due_deliveries(now=t0 + 10):
+    for d in store.claim_deliveries(now=t0 + 10):
         store.delivery_succeeded(d)
     assert store.job(job.id)["state"] == "done"
     job2, failed_out = _process(store, outbox, deliveries=1)
-    for d in store.due_deliveries(now=t0 + 10):
+    for d in store.claim_deliveries(now=t0 + 10):
         store.delivery_failed(d, "refused", retry_in_s=None)
     assert store.job(job2.id)["state"] == "failed"
     job3, local_out = _process(store, outbox, deliveries=0)      # no destination: outbox is the only copy
@@ -76,9 +78,9 @@ def test_only_finished_work_past_retention_is_pruned(tmp_path):
     assert prune(store, retention_days=30, spool_dir=spool, outbox_dir=outbox, now=t0 + 32 * DAY_S).instances == 0
 
 
-def test_paths_outside_the_spool_and_outbox_are_never_deleted(tmp_path):
+def test_paths_outside_the_spool_and_outbox_are_never_deleted(tmp_path, queue_target):
     spool, outbox = tmp_path / "spool", tmp_path / "outbox"
-    store = JobStore(tmp_path / "q.sqlite")
+    store = JobStore(queue_target)
     elsewhere = _file(tmp_path / "elsewhere" / "precious.dcm")
     store.record_instance(InstanceRecord("3.1", DX, "30", "30.1", "", str(elsewhere), "MOD", None, False, "x"), now=0)
     inside = _receive(store, spool, "3.2", "30", selected=False, now=0)
@@ -86,9 +88,9 @@ def test_paths_outside_the_spool_and_outbox_are_never_deleted(tmp_path):
     assert r.refused == 1 and r.files == 1 and elsewhere.exists() and not inside.exists()
 
 
-def test_a_crash_between_deleting_and_marking_is_finished_by_the_next_pass(tmp_path):
+def test_a_crash_between_deleting_and_marking_is_finished_by_the_next_pass(tmp_path, queue_target):
     spool, outbox = tmp_path / "spool", tmp_path / "outbox"
-    store = JobStore(tmp_path / "q.sqlite")
+    store = JobStore(queue_target)
     path = _receive(store, spool, "4.1", "40", selected=False, now=0)
     path.unlink()                                                # deleted, mark never committed
     r = prune(store, retention_days=1, spool_dir=spool, outbox_dir=outbox, now=10 * DAY_S)

@@ -84,6 +84,7 @@ class NodeProcess:
     process: subprocess.Popen | None = None
     starts: int = 0
     env: dict[str, str] = field(default_factory=dict)
+    role: str = "all"                  # cephnode serve --role
 
     @property
     def port(self) -> int:
@@ -103,18 +104,40 @@ class NodeProcess:
         scheme = "https" if http.get("tls", {}).get("enabled") else "http"
         return f"{scheme}://127.0.0.1:{http['port']}"
 
+    def queue(self) -> str | Path:
+        """The PostgreSQL URL when the node uses one, else its SQLite file."""
+        return self.config["storage"].get("database") or self.db_path
+
     def start(self, *, wait: bool = True, calling_ae: str | None = None) -> "NodeProcess":
         self.starts += 1
         log = open(self.log_path, "ab")
         log.write(f"\n===== start {self.starts} =====\n".encode())
         log.flush()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cephnode", "serve", "-c", str(self.config_path)],
+            [sys.executable, "-m", "cephnode", "serve", "-c", str(self.config_path), "--role", self.role],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         log.close()
-        if wait:
+        if wait and self.role == "worker":   # no DICOM port: ready when it says so
+            self.wait_for_event("node_started", after_start=self.starts)
+        elif wait:
             self.wait_ready(calling_ae or self._an_allowed_ae())
         return self
+
+    def wait_for_event(self, event: str, *, after_start: int, timeout: float = 120) -> dict:
+        """The first log event named `event` written after start number `after_start`."""
+        deadline = time.monotonic() + timeout
+        marker = f"===== start {after_start} ====="
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            for line in text[text.rfind(marker):].splitlines():
+                if line.startswith("{") and f'"{event}"' in line:
+                    found = json.loads(line)
+                    if found.get("event") == event:
+                        return found
+            if self.process.poll() is not None:
+                raise RuntimeError(f"node exited with {self.process.returncode}:\n{self.log_tail()}")
+            time.sleep(0.2)
+        raise TimeoutError(f"no {event} event:\n{self.log_tail()}")
 
     def _an_allowed_ae(self) -> str:
         callers = self.config["listen"].get("allowed_callers") or []
@@ -160,7 +183,7 @@ class NodeProcess:
         deadline = time.monotonic() + timeout
         last: dict = {}
         while time.monotonic() < deadline:
-            if self.db_path.exists():
+            if "database" in self.config["storage"] or self.db_path.exists():
                 last = self.status()
                 if predicate(last):
                     return last
