@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inference.quality import QualityVerdict
 
 
 @dataclass
@@ -43,6 +46,14 @@ class Orientation:
     rotation_k: int        # number of 90-degree counter-clockwise turns applied first (np.rot90)
     flipped: bool          # then mirrored left-right
     source: str            # "dicom", "image", "given" or "none"
+    inverted: bool = False  # intensities were inverted (a negative image without MONOCHROME1)
+    # Detector score margin between the first and second (pose, polarity) hypotheses; None
+    # when the pose was not detected from the image.
+    margin: float | None = None
+    # "" (not needed), "confirmed" (other poses traced less credibly) or "overturned" (another
+    # pose than the first choice traced more credibly); see inference.pipeline.Pipeline.run.
+    verification: str = ""
+    hypotheses_tried: int = 1
 
 
 @dataclass
@@ -59,6 +70,8 @@ class InferenceResult:
     pack_name: str
     pack_version: str
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, column)
+    # The quality gate's verdict (inference.quality.judge); None on results made before it.
+    qc: "QualityVerdict | None" = None
 
     def landmark(self, name: str) -> Landmark:
         for lm in self.landmarks:
@@ -67,7 +80,10 @@ class InferenceResult:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.qc is not None:
+            d["qc"] = self.qc.to_dict()
+        return d
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
@@ -83,6 +99,9 @@ class InferenceResult:
         s0["profile"] = [tuple(p) for p in s0.get("profile", [])]
         d["stage0"] = Stage0Diagnostics(**s0)
         d["orientation"] = Orientation(**d["orientation"])
+        if d.get("qc") is not None:
+            from inference.quality import QualityVerdict
+            d["qc"] = QualityVerdict.from_dict(d["qc"])
         if d.get("pixel_spacing_mm") is not None:
             d["pixel_spacing_mm"] = tuple(d["pixel_spacing_mm"])
         return cls(**d)
