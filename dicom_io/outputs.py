@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from cephalometry.analysis import Analysis, analyse
 from cephalometry.tracing import NothingTraced
+from dicom_io import qc_content
 from dicom_io.pixels import DicomImage
 from dicom_io.uids import derived_uid
 from inference.result import InferenceResult
@@ -69,6 +70,9 @@ def build_outputs(
     traced is left out (logged) rather than failing the SR and the others. `image` is the
     source already decoded (dicom_io.pixels), if the caller has it; else it is decoded here."""
     wanted = parse_kinds(kinds)
+    if qc_content.failed(result):          # nothing of an untrusted tracing leaves as fact
+        result = qc_content.withheld(result)
+        analysis = None
     analysis = analysis if analysis is not None else analyse(result)
     out = []
     for kind in wanted:
@@ -89,5 +93,6 @@ def build_outputs(
         "outputs_built", kinds=[k for k in wanted if k in {_kind(d) for d in out}], study_uid=str(source.get("StudyInstanceUID", "")),
         source_sop_uid=str(source.SOPInstanceUID), sop_uids=[str(d.SOPInstanceUID) for d in out],
         measurements=len(analysis.computed), omitted=len(analysis.omitted), pack_version=pack_version,
+        qc=qc_content.verdict(result),
     )
     return out

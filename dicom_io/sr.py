@@ -42,7 +42,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 
 from cephalometry.analysis import Analysis
 from cephalometry.analysis import Measurement as CephMeasurement
-from dicom_io import codes
+from dicom_io import codes, qc_content
 from dicom_io.uids import derived_uid
 from inference.result import InferenceResult, Landmark
 
@@ -222,16 +222,20 @@ def build_sr(
     algo = algorithm(pack_name, pack_version)
     parts = _Parts(source)
     groups: list = []
-    for lm in result.landmarks:
-        if lm.available:
-            groups.append(_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo))
-    for lm in result.landmarks:
-        if not lm.available:
-            groups.append(_unavailable_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo))
-    for m in analysis.measurements:
-        groups.append(_measurement_group(m, parts, uid(f"sr-track-measurement-{m.key}"), algo))
-    groups.append(_classification_group(analysis, uid("sr-track-classification"), algo))
+    if not qc_content.failed(result):      # a failed tracing: verdict and reasons only, no values
+        for lm in result.landmarks:
+            if lm.available:
+                groups.append(_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo))
+        for lm in result.landmarks:
+            if not lm.available:
+                groups.append(_unavailable_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo))
+        for m in analysis.measurements:
+            groups.append(_measurement_group(m, parts, uid(f"sr-track-measurement-{m.key}"), algo))
+        groups.append(_classification_group(analysis, uid("sr-track-classification"), algo))
     groups.append(_process_group(result, uid("sr-track-process"), algo))
+    qc_group = qc_content.sr_group(result, uid("sr-track-qc"), algo)
+    if qc_group is not None:
+        groups.append(qc_group)
 
     observer = ObserverContext(
         observer_type=dcm_codes.DCM.Device,

@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from cephalometry.analysis import Analysis, Measurement
 from cephalometry.tracing import reference_lines, traced_structures
+from dicom_io import qc_content
 from dicom_io.pixels import DicomImage, read_dicom_image
 from inference.result import InferenceResult
 
@@ -62,10 +63,11 @@ def _draw_radiograph(grey: np.ndarray, result: InferenceResult, scale: float) ->
         cv2.polylines(rgb, [pts(s.points)], False, STRUCTURE_COLOURS[s.key], t + 1, cv2.LINE_AA, shift=4)
     r = max(3, round(size[1] / 250))
     fs = max(0.45, size[1] / 1900)
+    qc_doubtful = set(result.qc.doubtful_landmarks) if getattr(result, "qc", None) else set()
     for lm in result.landmarks:
         if not lm.available:
             continue
-        doubtful = lm.level == "low" or not lm.predicted
+        doubtful = lm.level == "low" or not lm.predicted or lm.name in qc_doubtful
         colour = DOUBTFUL_COLOUR if doubtful else LANDMARK_COLOUR
         (c,) = pts([(lm.x, lm.y)]).reshape(-1, 2)
         cv2.circle(rgb, tuple(int(v) for v in c), r * 16, colour, t, cv2.LINE_AA, shift=4)
@@ -140,9 +142,10 @@ def _draw_table(analysis: Analysis, height: int, width: int, title: str) -> np.n
             text(f"{m.deviation_sd:+.1f}", cols[3], base, ink)
         note = m.omitted_reason.replace("landmark unavailable: ", "no ").replace(
             "pixel spacing unknown: mm values cannot be measured", "no pixel spacing")
-        if not note and any(f.startswith(("low-confidence", "rule-based")) for f in m.flags):
+        marks = ("low-confidence", "rule-based", "qc-doubtful")
+        if not note and any(f.startswith(marks) for f in m.flags):
             # a rule-placed point is usually low-confidence too: name each landmark once
-            doubtful = dict.fromkeys(f.split(":")[1] for f in m.flags if f.startswith(("low-confidence", "rule-based")))
+            doubtful = dict.fromkeys(f.split(":")[1] for f in m.flags if f.startswith(marks))
             note = "check: " + ", ".join(doubtful)
         text(note[:28], cols[4], base, MUTED if m.value is None else (160, 60, 0))
     # legend
@@ -166,8 +169,36 @@ def render_sheet(grey: np.ndarray, result: InferenceResult, analysis: Analysis, 
     scale = min(1.0, MAX_IMAGE_HEIGHT / h)
     left = _draw_radiograph(grey, result, scale)
     height = left.shape[0]
-    table = _draw_table(analysis, height, max(900, int(height * 0.85)), title)
+    width = max(900, int(height * 0.85))
+    if qc_content.failed(result):     # the warning instead of a table of values (nothing is drawn left)
+        table = _draw_warning(qc_content.warning_lines(result), height, width, title)
+    else:
+        table = _draw_table(analysis, height, width, title)
     return np.concatenate([left, table], axis=1)
+
+
+def _draw_warning(lines: list[str], height: int, width: int, title: str) -> np.ndarray:
+    """The panel of a result that failed quality control: what happened and why, no values."""
+    panel = np.full((height, width, 3), 255, np.uint8)
+    row_h = max(18, height // 40)
+    fs = row_h / 34.0
+    t = 1 if row_h < 26 else 2
+    x, y = int(width * 0.03), row_h
+    cv2.putText(panel, title, (x, y), FONT, fs * 1.1, INK, t + 1, cv2.LINE_AA)
+    cv2.rectangle(panel, (x, y + row_h // 2), (width - x, y + 3 * row_h), (250, 200, 200), -1)
+    y += 2 * row_h
+    cv2.putText(panel, lines[0][:70], (x + row_h // 2, y), FONT, fs * 1.05, (160, 0, 0), t + 1, cv2.LINE_AA)
+    y += 2 * row_h
+    per_line = max(20, int(width / (row_h * 0.55)))
+    for line in lines[1:]:
+        for start in range(0, len(line), per_line):      # wrap long reasons
+            if y > height - 2 * row_h:
+                break
+            cv2.putText(panel, line[start:start + per_line], (x, y), FONT, fs, INK, t, cv2.LINE_AA)
+            y += row_h
+    cv2.putText(panel, "No measurements are reported for this image. Trace it by hand.",
+                (x, height - row_h), FONT, fs, MUTED, t, cv2.LINE_AA)
+    return panel
 
 
 def build_tracing_sheet(
@@ -186,6 +217,9 @@ def build_tracing_sheet(
     # ~100 ms on a full-size detector image.
     grey = (image if image is not None else read_dicom_image(source)).pixels
     title = f"Cephalometric analysis - cephnode {pack_name} {pack_version}"
+    verdict = qc_content.verdict(result)
+    if verdict in ("review", "fail"):
+        title += f" - QC {verdict.upper()}"
     if result.degraded:
         title += f" - DEGRADED (Stage 0 {result.stage0.failed_phase or ''} failed)"
     sheet = render_sheet(grey, result, analysis, title=title)

@@ -82,6 +82,9 @@ UNFINISHED_JOB_STATES = ("queued", "processing", "delivering")
 
 
 @dataclass
+# Job note prefix of a tracing the quality gate failed (inference.quality); `status` counts them.
+MANUAL_TRACING = "needs manual tracing"
+
 class InstanceRecord:
     sop_uid: str
     sop_class: str | None
@@ -418,6 +421,8 @@ class JobStore:
             "deliveries": deliveries,
             "recent_jobs": job_rows("", recent),
             "failed_jobs": job_rows("WHERE state='failed'", 100),
+            # processed, but the quality gate withheld the tracing (node.processing.qc_note)
+            "needs_manual_tracing": job_rows(f"WHERE error LIKE '{MANUAL_TRACING}%'", 100),
         }
 
     def job(self, job_id: int) -> dict[str, Any] | None:
