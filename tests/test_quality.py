@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from io import BytesIO
 
-import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -20,6 +19,7 @@ from inference.landmarks import ISBI_19
 from inference.pipeline import Pipeline
 from inference.quality import judge
 from tests.support.dicomgen import make_dx, read_grey
+from tests.support.nonceph import non_ceph_images
 from tests.support.validators import dciodvfy, dicom_sr_validator
 from tests.test_report_sr import DCIODVFY_EXPLAINED, SR_VALIDATOR_EXPLAINED
 from training import deviceshift, isbi
@@ -40,25 +40,6 @@ def film():
 def _mre(result, truth) -> float:
     pred = np.array([[result.landmark(n).x, result.landmark(n).y] for n in ISBI_19], float)
     return float(np.nanmean(radial_errors_mm(pred, truth, isbi.pixel_spacing_mm())))
-
-
-def non_ceph_images() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(7)
-    h, w = 1200, 968
-    yy, xx = np.mgrid[0:h, 0:w]
-    chest = np.full((h, w), 200, np.uint8)                       # bright mediastinum, two dark lungs
-    for cx in (0.3 * w, 0.7 * w):
-        chest[((xx - cx) / (0.17 * w)) ** 2 + ((yy - 0.5 * h) / (0.33 * h)) ** 2 < 1] = 60
-    chest = cv2.GaussianBlur(chest, (0, 0), 15)
-    hand = np.zeros((h, w), np.uint8)                            # a palm and five fingers
-    cv2.ellipse(hand, (w // 2, int(0.72 * h)), (int(0.22 * w), int(0.18 * h)), 0, 0, 360, 170, -1)
-    for i, ang in enumerate((-60, -25, -8, 10, 28)):
-        length = 0.42 * h if i else 0.28 * h
-        tip = (int(w / 2 + length * np.sin(np.radians(ang))), int(0.65 * h - length * np.cos(np.radians(ang))))
-        cv2.line(hand, (w // 2, int(0.65 * h)), tip, 190, int(0.06 * w))
-    hand = cv2.GaussianBlur(hand, (0, 0), 4)
-    texture = cv2.GaussianBlur(rng.integers(0, 256, (h, w)).astype(np.uint8), (0, 0), 3)
-    return {"blank": np.full((h, w), 128, np.uint8), "texture": texture, "chest": chest, "hand": hand}
 
 
 def test_forced_wrong_pose_is_failed_not_delivered(pipe, film):

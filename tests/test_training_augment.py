@@ -59,6 +59,27 @@ def test_intensity_changes_values_not_structure():
                                                           (200, 201), (201, 199), (201, 200), (201, 201)}
 
 
+def test_device_shift_changes_the_film_not_the_anatomy_and_repeats_with_its_seed():
+    img = _dots(np.array([[200.0, 300.0]]))
+    img[:, :] = np.maximum(img, 40)
+    outs = [augment.device_shift(np.random.default_rng(s), img) for s in range(12)]
+    assert all(o.dtype == np.float32 and o.shape == img.shape and 0.0 <= o.min() and o.max() <= 1.0 for o in outs)
+    assert np.array_equal(outs[0], augment.device_shift(np.random.default_rng(0), img))
+    assert len({o.tobytes() for o in outs}) == len(outs)          # each draw is another device
+    for o in outs:   # the dot stays where it was, brighter than the film around it
+        assert o[299:302, 199:202].mean() > np.median(o) + 0.1
+
+
+def test_stage1_config_with_device_shift_uses_it_and_old_checkpoints_still_resume():
+    rng = np.random.default_rng(0)
+    img = np.full((512, 512), 90, np.uint8)
+    lm = np.tile([[256.0, 256.0]], (19, 1))
+    plain = stage1.make_sample(np.random.default_rng(0), img, lm, stage1.Stage1Config(arm="none"))[0]
+    shifted = stage1.make_sample(rng, img, lm, stage1.Stage1Config(arm="none", device_shift=1.0))[0]
+    assert not np.allclose(plain, shifted)
+    assert stage1._with_defaults({"arm": "none"})["device_shift"] == 0.0
+
+
 def test_canonical_mapping_round_trips_and_mirrors():
     w, h = isbi.metadata()["image_size"]
     pts = np.array([[0.0, 0.0], [w - 1.0, h - 1.0], [300.25, 811.5]])

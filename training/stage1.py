@@ -45,6 +45,7 @@ class Stage1Config:
     prior_channel_drop: float = 0.15
     prior_all_drop: float = 0.1
     checkpoint_every_s: float = 180.0
+    device_shift: float = 0.0      # share of samples shown through augment.device_shift (0: off)
 
 
 def render_priors(rng: np.random.Generator, pts25_256: np.ndarray, cfg: Stage1Config) -> np.ndarray:
@@ -73,7 +74,10 @@ def make_sample(rng: np.random.Generator, img: np.ndarray, lm19_512: np.ndarray,
         m, _ = augment.random_affine(rng, 512, augment.GeometryParams())
         img = augment.warp_image(img, m)
         lm19_512 = augment.warp_points(lm19_512, m)
-        grey = augment.intensity(rng, img)
+        if cfg.device_shift and rng.random() < cfg.device_shift:
+            grey = augment.device_shift(rng, img)
+        else:
+            grey = augment.intensity(rng, img)
     else:
         grey = img.astype(np.float32) / 255.0
     lm256 = heatmaps.to_grid(lm19_512)
@@ -180,8 +184,9 @@ def _save(path: Path, net, opt, sched, epoch: int, cfg: Stage1Config) -> None:
 
 
 def _with_defaults(config: dict) -> dict:
-    """Checkpoints from before the `arch` field were all the plain stride-4 U-Net."""
-    return {"arch": "unet-s4", **config}
+    """Checkpoints from before the `arch` field were all the plain stride-4 U-Net; those from
+    before `device_shift` trained without it."""
+    return {"arch": "unet-s4", "device_shift": 0.0, **config}
 
 
 def load_trained(ckpt: Path) -> torch.nn.Module:
