@@ -133,6 +133,25 @@ def test_a_few_stage1_steps_run_save_and_resume(tmp_path):
     assert torch.load(ck, weights_only=False)["config"]["epochs"] == 2
 
 
+def test_validation_split_is_scored_after_every_epoch(tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    ds = cache.load()
+    train_ids = np.flatnonzero(ds.split == "train")
+    lines: list[str] = []
+    cfg = stage1.Stage1Config(arm="none", epochs=1, batch=2)
+    net = stage1.train(ds.images[train_ids[:2]], ds.landmarks[train_ids[:2]], cfg, tmp_path, log=lines.append,
+                       val=(ds.images[train_ids[-2:]], ds.landmarks[train_ids[-2:]], (0.38, 0.47)))
+    (epoch,) = [json.loads(s) for s in lines if '"event": "epoch"' in s]
+    assert epoch["val_mre"] > 0 and 0.0 <= epoch["val_sdr2"] <= 1.0
+    # deterministic (fixed seed, no augmentation), so two recipes' scores compare
+    again = stage1.validation_error(net, ds.images[train_ids[-2:]], ds.landmarks[train_ids[-2:]], cfg,
+                                      mm_per_px512=(0.38, 0.47))
+    assert again == stage1.validation_error(net, ds.images[train_ids[-2:]], ds.landmarks[train_ids[-2:]], cfg,
+                                              mm_per_px512=(0.38, 0.47))
+
+
 def test_no_prior_arm_ignores_the_attention_channels(tmp_path):
     import torch
 
