@@ -15,9 +15,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import structlog
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# the pipeline's log lines go to stderr: stdout is the benchmark's JSON
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 from inference.landmarks import ISBI_19  # noqa: E402
 from inference.orientation import forward_points, inverse_points  # noqa: E402

@@ -86,6 +86,7 @@ class _Candidates:
 MARGIN_SURE = 1.0          # a detector margin below this is verified even if the tracing looks fine
 CREDIBLE = 0.45            # inference.quality.credibility at or above: a tracing one can believe
 MAX_HYPOTHESES = 6         # at most this many (pose, polarity) hypotheses are traced per image
+CLEARLY_BETTER = 0.2       # an incredible tracing replaces the first only when this much better
 
 
 @dataclass
@@ -108,6 +109,9 @@ class Pipeline:
     def __init__(self, pack: ModelPack, sessions: ModelSessions):
         self.pack = pack
         self.sessions = sessions
+        # Trace other poses when the first looks wrong (_conclude). Needs a pack whose Stage 1
+        # confidences mean something: off only to test pose bookkeeping with stand-in packs.
+        self.verify_pose = True
         # Stage 1 input buffers, one per thread: a fresh 29 MB array per image costs more in
         # page faults than filling it does.
         self._local = threading.local()
@@ -195,11 +199,11 @@ class Pipeline:
         The first hypothesis stands when it was given, or when the detector was sure (or the
         DICOM tag said so) and its tracing is credible. Otherwise the next hypotheses, in the
         detector's order, are traced as well (at most MAX_HYPOTHESES) and the most credible
-        tracing is kept; the search stops once a credible tracing has been compared with at
-        least one other. Wrong poses collapse Stage 1's confidences (test1: <= 0.12 mean
+        tracing is kept (if none is credible, the first stands unless another is clearly better);
+        the search stops once a credible tracing has been compared with at least one other. Wrong poses collapse Stage 1's confidences (test1: <= 0.12 mean
         against >= 0.6), so the comparison is not close when it matters."""
         result, o = first, first.orientation
-        if cand.source != "given":
+        if cand.source != "given" and self.verify_pose:
             c_first = credibility(first)
             unsure = cand.source == "image" and cand.margin < MARGIN_SURE
             if unsure or c_first < CREDIBLE:
@@ -213,6 +217,10 @@ class Pipeline:
                         best, best_c = r, c
                     if best_c >= CREDIBLE:
                         break
+                if best_c < CREDIBLE and best_c - c_first < CLEARLY_BETTER:
+                    # nothing credible and nothing clearly better: no evidence against the first
+                    # choice (the gate will judge it); a film that is not a ceph ends here too
+                    best, best_c = first, c_first
                 spent = (time.perf_counter() - t0) * 1e3
                 result = best
                 o = result.orientation

@@ -79,12 +79,11 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 """
 
 UNFINISHED_JOB_STATES = ("queued", "processing", "delivering")
+# Job note prefix of a tracing the quality gate failed (inference.quality); `status` lists them.
+MANUAL_TRACING = "needs manual tracing"
 
 
 @dataclass
-# Job note prefix of a tracing the quality gate failed (inference.quality); `status` counts them.
-MANUAL_TRACING = "needs manual tracing"
-
 class InstanceRecord:
     sop_uid: str
     sop_class: str | None
