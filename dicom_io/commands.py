@@ -42,7 +42,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     import cv2
 
     from cephalometry.analysis import analyse
-    from dicom_io.outputs import build_outputs, parse_kinds
+    from dicom_io import qc_content
+    from dicom_io.outputs import _kind, build_outputs, parse_kinds
     from dicom_io.pixels import PixelDataError, read_dicom_image
 
     try:
@@ -76,13 +77,14 @@ def cmd_report(args: argparse.Namespace) -> int:
                               patient_orientation=image.patient_orientation, name=str(source.SOPInstanceUID))
         pack_name, pack_version = pipeline.pack.name, pipeline.pack.version
 
-    analysis = analyse(result)
+    analysis = analyse(qc_content.withheld(result))      # a failed tracing is not measured
     objects = build_outputs(source, result, kinds=kinds, pack_name=pack_name, pack_version=pack_version,
                             analysis=analysis)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind, ds in zip(kinds, objects):
+    for ds in objects:                      # a kind may be left out (e.g. no SEG when nothing is traced)
+        kind = _kind(ds)
         path = out / f"{kind}-{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
         written.append((kind, path))
@@ -96,6 +98,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"{args.file}: {len(analysis.computed)} measurements, {len(analysis.omitted)} left out; "
           f"pixel spacing {image.pixel_spacing_mm or 'unknown'} ({image.spacing_source}); "
           f"pack {pack_name} {pack_version}{'; DEGRADED' if result.degraded else ''}")
+    if result.qc is not None and result.qc.verdict != "pass":
+        print(f"  QC {result.qc.verdict.upper()}" + (": tracing withheld, needs manual tracing" if qc_content.failed(result)
+                                                     else "") + "".join(f"\n    - {r}" for r in result.qc.reasons))
     for c in analysis.classifications:
         print(f"  {c.name}: {c.category or 'not determined'}")
     for kind, path in written:
