@@ -119,6 +119,9 @@ def main() -> None:
             "non_ceph_caught": sum(r["qc"]["verdict"] == "fail" for r in nonceph),
             "non_ceph_total": len(nonceph),
         },
+        "mean_confidence_range": {k: [round(min(r["qc"]["signals"]["mean_confidence"] for r in v), 4),
+                                      round(max(r["qc"]["signals"]["mean_confidence"] for r in v), 4)]
+                                  for k, v in sets.items()},
         "sets": {k: verdict_summary(v) for k, v in sets.items()},
         "device_shift_all_presets": verdict_summary(shifted) if shifted else None,
         "test1_confidence_bands": bands(test1_upright) if test1_upright else None,
