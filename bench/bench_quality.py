@@ -91,7 +91,8 @@ def main() -> None:
     right = (0, True)                      # ISBI films face right
     wrong = [p for p in POSES if p != right]
     for i, (cid, img, truth) in enumerate(films):
-        p = tc.present(img, truth, None, (0, False), int(cid))     # shown as stored (faces right)
+        p = tc.present(img, truth, None, right, int(cid))           # shown as stored (faces right)
+        assert tuple(p.expected[:2]) == right
         sets.setdefault("forced wrong pose", []).append(tc.trace(pipe, p, cid, orientation=wrong[i % len(wrong)]))
         p = tc.present(img, truth, deviceshift.DEGRADED, POSES[i % 8], int(cid))
         sets.setdefault("degraded", []).append(tc.trace(pipe, p, cid))
