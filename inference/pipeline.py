@@ -202,7 +202,7 @@ class Pipeline:
         tracing is kept (if none is credible, the first stands unless another is clearly
         better); the search stops once a credible tracing has been compared with at least one
         other. Wrong poses collapse Stage 1's confidences (test1: mean >= 0.50 in the right
-        pose, about 0.1 or less in a wrong one), so the comparison is not close when it matters."""
+        pose, 0.01-0.35 in a wrong one) and their anatomy, so the comparison is not close."""
         result, o = first, first.orientation
         if cand.source != "given" and self.verify_pose:
             c_first = credibility(first)
