@@ -129,7 +129,7 @@ def _bytes(ds) -> bytes:
     return buf.getvalue()
 
 
-def test_review_flags_the_doubtful_landmark_and_its_measurements():
+def test_review_flags_the_doubtful_landmark_and_its_measurements(tmp_path):
     case = next(c for c in isbi.load_cases("train") if c.case_id == "001")
     pts = dict(zip(ISBI_19, map(tuple, case.mean)))
     clean = result_from_points(pts, width=968, height=1200, pixel_spacing_mm=isbi.pixel_spacing_mm(),
@@ -149,6 +149,13 @@ def test_review_flags_the_doubtful_landmark_and_its_measurements():
     assert {"QC-REVIEW", "QCDOUBT-GO"} <= values
     assert len([i for i in _content_items(sr.ContentSequence)
                 if i.ValueType == "NUM" and i.RelationshipType != "HAS ACQ CONTEXT"]) > 30   # still delivered
+    path = tmp_path / "review.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    report = dciodvfy(path)
+    assert report.errors == [] and report.unexpected_warnings(DCIODVFY_EXPLAINED) == [], report.output[-2000:]
+    report = dicom_sr_validator(path)
+    assert "Root Template Validation Complete" in report.output and report.errors == [], report.output[-3000:]
+    assert report.unexpected_warnings(SR_VALIDATOR_EXPLAINED) == []
 
 
 def test_device_shift_is_deterministic_and_moves_the_points_with_the_pixels(film):
