@@ -52,9 +52,9 @@ def main() -> None:
     ap.add_argument("--save", type=Path, help="write every record as JSON lines")
     args = ap.parse_args()
 
-    from inference.orientation import POSES
-    from inference.pipeline import Pipeline
-    from training import deviceshift
+    from cephnode.inference.orientation import POSES
+    from cephnode.inference.pipeline import Pipeline
+    from cephnode.training import deviceshift
 
     pipe = Pipeline.load(None, device="cpu", threads=args.threads)
     films = tc.load_test1(args.step)

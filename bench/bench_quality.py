@@ -76,10 +76,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
-    from inference.orientation import POSES
-    from inference.pipeline import Pipeline
+    from cephnode.inference.orientation import POSES
+    from cephnode.inference.pipeline import Pipeline
     from tests.support.nonceph import non_ceph_images
-    from training import deviceshift
+    from cephnode.training import deviceshift
 
     sets: dict[str, list[dict]] = {}
     if args.records:

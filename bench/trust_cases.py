@@ -22,10 +22,10 @@ sys.path.insert(0, str(REPO))
 # the pipeline's log lines go to stderr: stdout is the benchmark's JSON
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
-from inference.landmarks import ISBI_19  # noqa: E402
-from inference.orientation import forward_points, inverse_points  # noqa: E402
-from training import deviceshift, isbi  # noqa: E402
-from training.evaluate import radial_errors_mm  # noqa: E402
+from cephnode.inference.landmarks import ISBI_19  # noqa: E402
+from cephnode.inference.orientation import forward_points, inverse_points  # noqa: E402
+from cephnode.training import deviceshift, isbi  # noqa: E402
+from cephnode.training.evaluate import radial_errors_mm  # noqa: E402
 
 
 @dataclass

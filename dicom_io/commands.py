@@ -41,10 +41,10 @@ def _load_result(path: Path, source: pydicom.Dataset):
 def cmd_report(args: argparse.Namespace) -> int:
     import cv2
 
-    from cephalometry.analysis import analyse
-    from dicom_io import qc_content
-    from dicom_io.outputs import _kind, build_outputs, parse_kinds
-    from dicom_io.pixels import PixelDataError, read_dicom_image
+    from cephnode.cephalometry.analysis import analyse
+    from cephnode.dicom_io import qc_content
+    from cephnode.dicom_io.outputs import _kind, build_outputs, parse_kinds
+    from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 
     try:
         kinds = parse_kinds(args.kinds)

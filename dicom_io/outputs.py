@@ -12,12 +12,12 @@ from collections.abc import Iterable
 import structlog
 from pydicom.dataset import Dataset
 
-from cephalometry.analysis import Analysis, analyse
-from cephalometry.tracing import NothingTraced
-from dicom_io import qc_content
-from dicom_io.pixels import DicomImage
-from dicom_io.uids import derived_uid
-from inference.result import InferenceResult
+from cephnode.cephalometry.analysis import Analysis, analyse
+from cephnode.cephalometry.tracing import NothingTraced
+from cephnode.dicom_io import qc_content
+from cephnode.dicom_io.pixels import DicomImage
+from cephnode.dicom_io.uids import derived_uid
+from cephnode.inference.result import InferenceResult
 
 log = structlog.get_logger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 from highdicom.sr import QualitativeEvaluation
 from highdicom.sr.templates import MeasurementsAndQualitativeEvaluations, TrackingIdentifier
 
-from dicom_io import codes
-from inference.result import InferenceResult, Landmark
+from cephnode.dicom_io import codes
+from cephnode.inference.result import InferenceResult, Landmark
 
 FAIL_HEADLINE = "AUTOMATED TRACING FAILED QUALITY CONTROL: needs manual tracing"
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inference.landmarks import CANONICAL_25
-from inference.orientation import forward_points
+from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.inference.orientation import forward_points
 
 PASS, REVIEW, FAIL = "pass", "review", "fail"
 

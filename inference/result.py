@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from inference.quality import QualityVerdict
+    from cephnode.inference.quality import QualityVerdict
 
 
 @dataclass
@@ -100,7 +100,7 @@ class InferenceResult:
         d["stage0"] = Stage0Diagnostics(**s0)
         d["orientation"] = Orientation(**d["orientation"])
         if d.get("qc") is not None:
-            from inference.quality import QualityVerdict
+            from cephnode.inference.quality import QualityVerdict
             d["qc"] = QualityVerdict.from_dict(d["qc"])
         if d.get("pixel_spacing_mm") is not None:
             d["pixel_spacing_mm"] = tuple(d["pixel_spacing_mm"])

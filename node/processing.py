@@ -16,12 +16,12 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from config.schema import NodeConfig
-from dicom_io.pixels import PixelDataError, read_dicom_image
-from dicom_io.spool import safe_name, write_atomic
-from node.jobstore import MANUAL_TRACING, Job, JobStore
-from node.logs import get_logger, phi_fields
-from node.result_objects import build_result_objects
+from cephnode.config.schema import NodeConfig
+from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
+from cephnode.dicom_io.spool import safe_name, write_atomic
+from cephnode.node.jobstore import MANUAL_TRACING, Job, JobStore
+from cephnode.node.logs import get_logger, phi_fields
+from cephnode.node.result_objects import build_result_objects
 
 log = get_logger("cephnode.processing")
 

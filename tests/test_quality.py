@@ -11,19 +11,19 @@ import numpy as np
 import pydicom
 import pytest
 
-from cephalometry.analysis import analyse
-from cephalometry.annotations import result_from_points
-from dicom_io import codes
-from dicom_io.outputs import build_outputs
-from inference.landmarks import ISBI_19
-from inference.pipeline import Pipeline
-from inference.quality import judge
+from cephnode.cephalometry.analysis import analyse
+from cephnode.cephalometry.annotations import result_from_points
+from cephnode.dicom_io import codes
+from cephnode.dicom_io.outputs import build_outputs
+from cephnode.inference.landmarks import ISBI_19
+from cephnode.inference.pipeline import Pipeline
+from cephnode.inference.quality import judge
 from tests.support.dicomgen import make_dx, read_grey
 from tests.support.nonceph import non_ceph_images
 from tests.support.validators import dciodvfy, dicom_sr_validator
 from tests.test_report_sr import DCIODVFY_EXPLAINED, SR_VALIDATOR_EXPLAINED
-from training import deviceshift, isbi
-from training.evaluate import radial_errors_mm
+from cephnode.training import deviceshift, isbi
+from cephnode.training.evaluate import radial_errors_mm
 
 
 @pytest.fixture(scope="module")

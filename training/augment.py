@@ -66,7 +66,7 @@ def device_shift(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     enhancement, noise, a coarser detector, collimator bands, burnt-in labels). Geometry
     (scale, shift, crop) stays with random_affine, so the landmarks need no change here;
     polarity is left alone because the pipeline finds it (inference.pipeline)."""
-    from training import deviceshift
+    from cephnode.training import deviceshift
 
     s = deviceshift.random_shift(rng).with_(invert=False, field=(0.0, 0.0, 0.0, 0.0), spacing_mm=0.2)
     img = np.asarray(img, np.uint8)

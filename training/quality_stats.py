@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.landmarks import ISBI_19
-from inference.quality import DIRECTIONS, canonical_points, feature_values
-from inference.result import Landmark
-from training import isbi
+from cephnode.inference.landmarks import ISBI_19
+from cephnode.inference.quality import DIRECTIONS, canonical_points, feature_values
+from cephnode.inference.result import Landmark
+from cephnode.training import isbi
 
 
 def population() -> dict[str, tuple[float, float]]:
