@@ -371,6 +371,8 @@ def _landmark_flags(result: InferenceResult, names: tuple[str, ...]) -> tuple[li
             continue
         if lm.level == "low":
             flags.append(f"low-confidence:{n}")
+        if getattr(result, "qc", None) is not None and n in result.qc.doubtful_landmarks:
+            flags.append(f"qc-doubtful:{n}")
         if not lm.predicted:
             flags.append(f"rule-based:{n}")
     return flags, missing

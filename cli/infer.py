@@ -45,16 +45,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _table(result) -> str:
+    o = result.orientation
+    pose = f"orientation k={o.rotation_k} flip={o.flipped}" + (" inverted" if o.inverted else "") + f" ({o.source}"
+    pose += f", {o.verification} after {o.hypotheses_tried} poses)" if o.verification else ")"
     lines = [f"{result.image_name}  {result.width}x{result.height}  pack {result.pack_name} {result.pack_version}  "
-             f"orientation k={result.orientation.rotation_k} flip={result.orientation.flipped} ({result.orientation.source})"
-             f"  {result.timings_ms.get('total', 0):.0f} ms"]
+             f"{pose}  {result.timings_ms.get('total', 0):.0f} ms"]
+    qc = result.qc
+    doubtful = set(qc.doubtful_landmarks) if qc else set()
+    if qc is not None:
+        lines.append(f"  QC: {qc.verdict.upper()}" + ("" if qc.verdict != "fail" else
+                                                       "  (automated tracing failed: needs manual tracing)"))
+        lines += [f"    - {r}" for r in qc.reasons]
     if result.degraded:
         lines.append(f"  DEGRADED: Stage 0 phase {result.stage0.failed_phase} failed: {result.stage0.reason}")
     lines.append(f"  {'landmark':<9} {'x':>9} {'y':>9} {'conf':>6}  {'level':<11} note")
     for lm in result.landmarks:
         x = f"{lm.x:9.1f}" if lm.x is not None else f"{'-':>9}"
         y = f"{lm.y:9.1f}" if lm.y is not None else f"{'-':>9}"
-        lines.append(f"  {lm.name:<9} {x} {y} {lm.confidence:6.2f}  {lm.level:<11} {lm.note}")
+        note = ("DOUBTFUL (QC)  " if lm.name in doubtful else "") + lm.note
+        lines.append(f"  {lm.name:<9} {x} {y} {lm.confidence:6.2f}  {lm.level:<11} {note}")
     return "\n".join(lines)
 
 

@@ -118,6 +118,11 @@ def cmd_status(args) -> int:
             print(f"  #{j['id']:<6} {j['state']:<10} {_when(j['finished_at'] or j['created_at'])}  {j['sop_uid']}")
             if j["error"] and j["state"] != "failed":  # e.g. one output kind could not be built
                 print(f"          note: {j['error']}")
+    if summary.get("needs_manual_tracing"):
+        print(f"\nNEEDS MANUAL TRACING ({len(summary['needs_manual_tracing'])}; quality control failed, "
+              "the tracing was withheld):")
+        for j in summary["needs_manual_tracing"]:
+            print(f"  #{j['id']:<6} {j['sop_uid']}\n          {j['error']}")
     if summary["failed_jobs"]:
         print(f"\nFAILED jobs ({len(summary['failed_jobs'])}; `cephnode retry JOB` or `--failed`):")
         for j in summary["failed_jobs"]:

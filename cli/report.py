@@ -44,6 +44,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cephnode.cephalometry.analysis import analyse
     from cephnode.dicom_io.outputs import build_outputs
     from cephnode.domain.outputs import OutputKind, parse_kinds
+    from cephnode.dicom_io import qc_content
     from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 
     try:
@@ -77,7 +78,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                               patient_orientation=image.patient_orientation, name=str(source.SOPInstanceUID))
         pack_name, pack_version = pipeline.pack.name, pipeline.pack.version
 
-    analysis = analyse(result)
+    analysis = analyse(qc_content.withheld(result))      # a failed tracing is not measured
     objects = build_outputs(source, result, kinds=kinds, pack_name=pack_name, pack_version=pack_version,
                             analysis=analysis)
     out: Path = args.out
@@ -97,6 +98,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"{args.file}: {len(analysis.computed)} measurements, {len(analysis.omitted)} left out; "
           f"pixel spacing {image.pixel_spacing_mm or 'unknown'} ({image.spacing_source}); "
           f"pack {pack_name} {pack_version}{'; DEGRADED' if result.degraded else ''}")
+    if result.qc is not None and result.qc.verdict != "pass":
+        print(f"  QC {result.qc.verdict.upper()}" + (": tracing withheld, needs manual tracing" if qc_content.failed(result)
+                                                     else "") + "".join(f"\n    - {r}" for r in result.qc.reasons))
     for c in analysis.classifications:
         print(f"  {c.name}: {c.category or 'not determined'}")
     for kind, path in written:

@@ -32,6 +32,14 @@ def register(subparsers) -> None:
     p.add_argument("--stage1-arch", default=None,
                    help="Stage 1 backbone: unet-s4-fine (default: Stage1Config's; a stride-4 U-Net with a "
                         "decoder block at 256) or unet-s4 (the same without it; packs up to 1.3.0)")
+    p.add_argument("--device-shift", type=float, default=0.0, metavar="P",
+                   help="show this share of Stage 1 samples through training.augment.device_shift "
+                        "(other devices' intensity curves, blur/sharpening, noise, coarser pixels, "
+                        "collimation, labels); default 0: the 1.4.0 recipe")
+    p.add_argument("--val", type=int, default=0, metavar="N",
+                   help="hold the last N train images (by number) out of Stage 1 training and log their "
+                        "error after every epoch (stage1_<arm>.log: val_mre mm, val_sdr2), to choose "
+                        "recipes on; test1 is never used for that. Default 0: train on all 150")
     p.add_argument("--stage0-epochs", type=int, default=None, help="profile and zone net epochs (quick trials)")
     p.add_argument("--mlp-steps", type=int, default=None, help="anchor MLP steps (quick trials)")
     p.add_argument("--manifest-only", action="store_true",
@@ -141,13 +149,13 @@ def cmd_train(args) -> int:
     if args.mlp_steps:
         s0cfg.mlp_steps = args.mlp_steps
     arch = {"arch": args.stage1_arch} if args.stage1_arch else {}
-    s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs, **arch)
+    s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs, device_shift=args.device_shift, **arch)
     if args.manifest_only:
         path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy, log_dir=ckpt.parent)
         print(f"wrote {path}", file=sys.stderr)
         return 0
     path = train_pack(args.out, ckpt, s0cfg, s1cfg, device=torch_device(args.device, args.threads),
-                      reschedule=args.reschedule, accuracy_json=args.accuracy, bar_factory=_bar,
+                      reschedule=args.reschedule, accuracy_json=args.accuracy, bar_factory=_bar, val_images=args.val,
                       say=lambda text: print(text, file=sys.stderr))
     print(f"wrote {args.out} ({path.name}); evaluate with: cephnode evaluate --split test1", file=sys.stderr)
     return 0

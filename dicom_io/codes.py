@@ -144,6 +144,8 @@ def caveat_code(flag: str) -> Code:
         return private("SPACING-UNKNOWN", "Pixel spacing unknown")
     if kind == "degenerate":
         return private("DEGENERATE", "Landmarks coincide: geometry undefined")
+    if kind == "qc-doubtful" and lm in LANDMARKS:
+        return private(f"QCDOUBT-{lm.upper().replace('_', '-')}", f"Landmark doubtful by quality control: {lm}")
     if kind == "square-pixels-assumed":
         return private("SQUARE-PX", "Square pixels assumed (pixel spacing unknown)")
     raise ValueError(f"no code for flag {flag!r}")
@@ -181,6 +183,23 @@ TRACING_STATUSES: dict[bool, Code] = {
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 # A text comment in a measurement group; OHIF writes and reads the same concept as an annotation's label.
 COMMENT = Code("121106", "DCM", "Comment")
+
+# --- quality control (inference.quality, dicom_io.qc_content) ------------------------------
+QC_VERDICT = private("QC-VERDICT", "Quality control verdict")
+QC_VERDICTS: dict[str, Code] = {
+    "pass": private("QC-PASS", "Passed: tracing credible"),
+    "review": private("QC-REVIEW", "Review: deliver with doubtful landmarks flagged"),
+    "fail": private("QC-FAIL", "Failed: tracing withheld, needs manual tracing"),
+}
+QC_REASON = private("QC-REASON", "Quality control finding")
+QC_REASONS: dict[str, Code] = {
+    "nothing": private("QC-R-NOTHING", "No landmark was predicted"),
+    "confidence": private("QC-R-CONF", "Landmark confidences low or collapsed"),
+    "anatomy": private("QC-R-ANATOMY", "Anatomy outside population range"),
+    "landmarks": private("QC-R-LANDMARKS", "Doubtful landmarks"),
+    "pose": private("QC-R-POSE", "Patient Orientation disagrees with the anatomy"),
+}
+QC_DOUBTFUL = private("QC-DOUBTFUL", "Doubtful landmark")
 
 # --- traced structures (SEG segments, GSPS/SC drawings) --------------------------------------
 ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 
 from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
+from cephnode.dicom_io import qc_content
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.result import InferenceResult
 from cephnode.dicom_io.equipment import DEVICE_SERIAL_NUMBER, MANUFACTURER, model_name, software_versions
@@ -47,7 +48,7 @@ def measurement_text(m: Measurement) -> str:
         text += f" {m.deviation_sd:+.1f} SD"
     elif m.status in ("above", "below"):
         text += f" {m.status} range"
-    if any(f.startswith(("low-confidence", "rule-based")) for f in m.flags):
+    if any(f.startswith(("low-confidence", "rule-based", "qc-doubtful")) for f in m.flags):
         text += " [check]"
     return text
 
@@ -100,6 +101,7 @@ def build_gsps(
     label_h = max(12.0, rows / 70)
 
     lm_graphics, lm_texts = [], []
+    doubtful = set(result.qc.doubtful_landmarks) if getattr(result, "qc", None) else set()
     for lm in result.landmarks:
         if not lm.available:
             continue
@@ -108,7 +110,7 @@ def build_gsps(
         lm_graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POINT, np.array([[x, y]]), PIXEL,
                                                tracking_id=f"Landmark {lm.name}", tracking_uid=track))
         lm_graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.CIRCLE, _xy([[x - 0.5, y - 0.5], [x - 0.5 + (radius if x + radius <= cols else -radius), y - 0.5]], rows, cols), PIXEL))
-        label = lm.name + ("?" if lm.level == "low" or not lm.predicted else "")
+        label = lm.name + ("?" if lm.level == "low" or not lm.predicted or lm.name in doubtful else "")
         x0 = min(max(x + radius + 2, 0.0), cols - 2.0)
         y0 = min(max(y - label_h, 0.0), rows - 2.0)
         x1 = min(x0 + label_h * 0.7 * (len(label) + 1), float(cols))
@@ -126,7 +128,7 @@ def build_gsps(
                                            tracking_uid=derived_uid(src_uid, pack_version, f"gsps-line-{name}")))
 
     note = degraded_note(result)
-    lines = ([note] if note else []) + key_lines(analysis) + [
+    lines = qc_content.warning_lines(result) + ([note] if note else []) + key_lines(analysis) + [
         f"cephnode {pack_name} {pack_version}: automated tracing, verify before use"]
     line_h = max(14.0, rows / 45)
     width = cols * 0.48

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 
 from cephnode.cephalometry.analysis import Analysis, analyse
 from cephnode.cephalometry.tracing import NothingTraced
+from cephnode.dicom_io import qc_content
 from cephnode.dicom_io.gsps import build_gsps
 from cephnode.dicom_io.pixels import DicomImage
 from cephnode.dicom_io.seg import build_seg
@@ -54,7 +55,11 @@ def instance_uid(source: Dataset, pack_version: str, kind: OutputKind | str) -> 
 def build_output(kind: OutputKind, source: Dataset, result: InferenceResult, analysis: Analysis, *,
                  pack_name: str, pack_version: str, image: DicomImage | None = None) -> Dataset | None:
     """One object; None when the builder has nothing to show for this image (a SEG with
-    nothing traced), which is logged, not an error. Other errors propagate."""
+    nothing traced), which is logged, not an error. Other errors propagate. A tracing the
+    quality gate failed is withheld here, whoever calls: no builder can draw or measure it."""
+    if qc_content.failed(result):
+        result = qc_content.withheld(result)
+        analysis = analyse(result)
     builder = BUILDERS[kind]
     extra = {"image": image} if builder.draws_pixels else {}
     try:
@@ -82,6 +87,9 @@ def build_outputs(
     builder has nothing to show is left out (logged) rather than failing the others. `image` is
     the source already decoded (dicom_io.pixels), if the caller has it; else it is decoded here."""
     wanted = parse_kinds(kinds)
+    if qc_content.failed(result):          # nothing of an untrusted tracing leaves as fact
+        result = qc_content.withheld(result)
+        analysis = None
     analysis = analysis if analysis is not None else analyse(result)
     out: dict[OutputKind, Dataset] = {}
     for kind in wanted:
@@ -92,5 +100,6 @@ def build_outputs(
         "outputs_built", kinds=[str(k) for k in out], study_uid=str(source.get("StudyInstanceUID", "")),
         source_sop_uid=str(source.SOPInstanceUID), sop_uids=[str(d.SOPInstanceUID) for d in out.values()],
         measurements=len(analysis.computed), omitted=len(analysis.omitted), pack_version=pack_version,
+        qc=qc_content.verdict(result),
     )
     return out

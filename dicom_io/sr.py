@@ -52,7 +52,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 
 from cephnode.cephalometry.analysis import Analysis
 from cephnode.cephalometry.analysis import Measurement as CephMeasurement
-from cephnode.dicom_io import codes
+from cephnode.dicom_io import codes, qc_content
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.result import InferenceResult, Landmark
 from cephnode.dicom_io.equipment import MANUFACTURER
@@ -197,6 +197,15 @@ def _tracing_status(result: InferenceResult, parts: _Parts) -> list[ContentItem]
     return [_evaluation_item(codes.TRACING_STATUS, codes.TRACING_STATUSES[bool(result.degraded)], parts)]
 
 
+def _quality_control(result: InferenceResult, parts: _Parts) -> list[ContentItem]:
+    """The quality gate's verdict, qualified by its reasons and the doubtful landmarks."""
+    found = qc_content.sr_evaluation(result)
+    if found is None:
+        return []
+    name, value, modifiers = found
+    return [_evaluation_item(name, value, parts, modifiers=modifiers)]
+
+
 def _normality(m: CephMeasurement, parts: _Parts) -> list[QualitativeEvaluation]:
     """Where the value lies against the norm, as a coded evaluation. (TID 310 measurement properties
     would carry the norm's numbers, but pixelmed's TID 300 does not accept them, so the norm
@@ -261,15 +270,29 @@ def build_sr(
                for m in analysis.measurements if m.value is not None]
     # Report-level Qualitative Evaluations: everything without geometry. A further verdict on
     # the whole report (a quality gate, say) is one more list of CODE items here.
-    evaluations: list[ContentItem] = [
-        *_unavailable_landmarks(result, parts),
-        *_omitted_measurements(analysis, parts),
-        *_classifications(analysis, parts),
-        *_tracing_status(result, parts),
-    ]
+    if qc_content.failed(result):
+        # A tracing the quality gate failed is withheld: the verdict and its reasons, no values.
+        evaluations: list[ContentItem] = [*_tracing_status(result, parts), *_quality_control(result, parts)]
+    else:
+        evaluations = [
+            *_unavailable_landmarks(result, parts),
+            *_omitted_measurements(analysis, parts),
+            *_classifications(analysis, parts),
+            *_tracing_status(result, parts),
+            *_quality_control(result, parts),
+        ]
     if not all(_has_geometry(g) for g in groups):
         raise AssertionError("a group without SCOORD in Imaging Measurements breaks OHIF's SR loader; "
                              "put it in the report-level Qualitative Evaluations instead")
+    # Nothing to draw (a tracing the quality gate withheld): TID 1500 then has no Imaging
+    # Measurements container, only the Qualitative Evaluations (at least one of the two must be
+    # there). highdicom 0.28 insists on one group, so a placeholder goes in and the container
+    # comes out again below.
+    placeholder = not groups
+    if placeholder:
+        groups = [MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(uid=uid("sr-track-placeholder"), identifier="placeholder"),
+            qualitative_evaluations=[parts.evaluation(codes.TRACING_STATUS, codes.TRACING_STATUSES[True])])]
 
     observer = ObserverContext(
         observer_type=dcm_codes.DCM.Device,
@@ -285,6 +308,10 @@ def build_sr(
     )
     # TID 1500 puts Qualitative Evaluations after Imaging Measurements; highdicom 0.28 builds
     # no such container, so it is appended to the root here.
+    if placeholder:
+        report[0].ContentSequence = [
+            it for it in report[0].ContentSequence
+            if it.ConceptNameCodeSequence[0].CodeValue != dcm_codes.DCM.ImagingMeasurements.value]
     report[0].ContentSequence.append(_qualitative_evaluations(evaluations))
     sr = ComprehensiveSR(
         evidence=[source],

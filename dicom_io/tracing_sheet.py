@@ -28,6 +28,7 @@ from pydicom.uid import JPEG2000Lossless
 
 from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
+from cephnode.dicom_io import qc_content
 from cephnode.dicom_io.pixels import DicomImage, read_dicom_image
 from cephnode.domain.result import InferenceResult
 from cephnode.dicom_io.equipment import MANUFACTURER
@@ -122,10 +123,11 @@ def _draw_radiograph(grey: np.ndarray, result: InferenceResult, scale: float) ->
     r = max(3, round(size[1] / 250))
     px = max(14, round(size[1] / 60))
     texts = _Texts()
+    qc_doubtful = set(result.qc.doubtful_landmarks) if getattr(result, "qc", None) else set()
     for lm in result.landmarks:
         if not lm.available:
             continue
-        doubtful = lm.level == "low" or not lm.predicted
+        doubtful = lm.level == "low" or not lm.predicted or lm.name in qc_doubtful
         colour = DOUBTFUL_COLOUR if doubtful else LANDMARK_COLOUR
         (c,) = pts([(lm.x, lm.y)]).reshape(-1, 2)
         cv2.circle(rgb, tuple(int(v) for v in c), r * 16, colour, t, cv2.LINE_AA, shift=4)
@@ -195,9 +197,10 @@ def _draw_table(analysis: Analysis, height: int, width: int, title: str) -> np.n
             text(f"{m.deviation_sd:+.1f}", cols[3], base, ink)
         note = m.omitted_reason.replace("landmark unavailable: ", "no ").replace(
             "pixel spacing unknown: mm values cannot be measured", "no pixel spacing")
-        if not note and any(f.startswith(("low-confidence", "rule-based")) for f in m.flags):
+        marks = ("low-confidence", "rule-based", "qc-doubtful")
+        if not note and any(f.startswith(marks) for f in m.flags):
             # a rule-placed point is usually low-confidence too: name each landmark once
-            doubtful = dict.fromkeys(f.split(":")[1] for f in m.flags if f.startswith(("low-confidence", "rule-based")))
+            doubtful = dict.fromkeys(f.split(":")[1] for f in m.flags if f.startswith(marks))
             note = "check: " + ", ".join(doubtful)
         text(note[:28], cols[4], base, MUTED if m.value is None else (160, 60, 0))
     # legend
@@ -221,8 +224,35 @@ def render_sheet(grey: np.ndarray, result: InferenceResult, analysis: Analysis, 
     scale = min(1.0, MAX_IMAGE_HEIGHT / h)
     left = _draw_radiograph(grey, result, scale)
     height = left.shape[0]
-    table = _draw_table(analysis, height, max(900, int(height * 0.85)), title)
+    width = max(900, int(height * 0.85))
+    if qc_content.failed(result):     # the warning instead of a table of values (nothing is drawn left)
+        table = _draw_warning(qc_content.warning_lines(result), height, width, title)
+    else:
+        table = _draw_table(analysis, height, width, title)
     return np.concatenate([left, table], axis=1)
+
+
+def _draw_warning(lines: list[str], height: int, width: int, title: str) -> np.ndarray:
+    """The panel of a result that failed quality control: what happened and why, no values."""
+    panel = np.full((height, width, 3), 255, np.uint8)
+    row_h = max(18, height // 40)
+    px = max(12, round(row_h * 0.62))
+    texts = _Texts()
+    x, y = int(width * 0.03), row_h
+    texts.add(x, y, title, INK, round(px * 1.1), bold=True)
+    cv2.rectangle(panel, (x, y + row_h // 2), (width - x, y + 3 * row_h), (250, 200, 200), -1)
+    y += 2 * row_h
+    texts.add(x + row_h // 2, y, lines[0], (160, 0, 0), round(px * 1.05), bold=True)
+    y += 2 * row_h
+    per_line = max(20, int(width / (px * 0.55)))
+    for line in lines[1:]:
+        for start in range(0, len(line), per_line):      # wrap long reasons
+            if y > height - 2 * row_h:
+                break
+            texts.add(x, y, line[start:start + per_line], INK, px)
+            y += row_h
+    texts.add(x, height - row_h, "No measurements are reported for this image. Trace it by hand.", MUTED, px)
+    return texts.draw_on(panel)
 
 
 def build_tracing_sheet(
@@ -241,6 +271,9 @@ def build_tracing_sheet(
     # ~100 ms on a full-size detector image.
     grey = (image if image is not None else read_dicom_image(source)).pixels
     title = f"Cephalometric analysis - cephnode {pack_name} {pack_version}"
+    verdict = qc_content.verdict(result)
+    if verdict in ("review", "fail"):
+        title += f" - QC {verdict.upper()}"
     if result.degraded:
         title += f" - DEGRADED (Stage 0 {result.stage0.failed_phase or ''} failed)"
     sheet = render_sheet(grey, result, analysis, title=title)

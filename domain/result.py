@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 
@@ -43,6 +44,42 @@ class Orientation:
     rotation_k: int        # number of 90-degree counter-clockwise turns applied first (np.rot90)
     flipped: bool          # then mirrored left-right
     source: str            # "dicom", "image", "given" or "none"
+    inverted: bool = False  # intensities were inverted (a negative image without MONOCHROME1)
+    # Detector score margin between the first and second (pose, polarity) hypotheses; None
+    # when the pose was not detected from the image.
+    margin: float | None = None
+    # "" (not needed), "confirmed" (other poses traced less credibly) or "overturned" (another
+    # pose than the first choice traced more credibly); see inference.pipeline.Pipeline.run.
+    verification: str = ""
+    hypotheses_tried: int = 1
+
+
+class Verdict(StrEnum):
+    """What may be done with a tracing (docs/quality.md)."""
+    PASS = "pass"        # delivered as it is
+    REVIEW = "review"    # delivered, doubtful landmarks and the measurements using them flagged
+    FAIL = "fail"        # withheld: the objects say so and carry no values; needs manual tracing
+
+
+@dataclass
+class QualityVerdict:
+    """The quality gate's judgement of one tracing (inference.quality.judge makes it)."""
+    verdict: Verdict
+    reasons: list[str] = field(default_factory=list)     # why not pass (and notes), plain words
+    doubtful_landmarks: list[str] = field(default_factory=list)
+    # The calibrated signals behind it, for logs, benchmarks and the JSON output.
+    signals: dict[str, float | str | bool | None] = field(default_factory=dict)
+    codes: list[str] = field(default_factory=list)       # reason kinds (dicom_io.codes.QC_REASONS keys)
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "reasons": list(self.reasons),
+                "doubtful_landmarks": list(self.doubtful_landmarks), "signals": dict(self.signals),
+                "codes": list(self.codes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QualityVerdict":
+        return cls(Verdict(d["verdict"]), list(d.get("reasons", [])), list(d.get("doubtful_landmarks", [])),
+                   dict(d.get("signals", {})), list(d.get("codes", [])))
 
 
 @dataclass
@@ -59,6 +96,8 @@ class InferenceResult:
     pack_name: str
     pack_version: str
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, column)
+    # The quality gate's verdict (inference.quality.judge); None on results made before it.
+    qc: QualityVerdict | None = None
 
     def landmark(self, name: str) -> Landmark:
         for lm in self.landmarks:
@@ -67,7 +106,10 @@ class InferenceResult:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.qc is not None:
+            d["qc"] = self.qc.to_dict()
+        return d
 
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
@@ -83,6 +125,8 @@ class InferenceResult:
         s0["profile"] = [tuple(p) for p in s0.get("profile", [])]
         d["stage0"] = Stage0Diagnostics(**s0)
         d["orientation"] = Orientation(**d["orientation"])
+        if d.get("qc") is not None:
+            d["qc"] = QualityVerdict.from_dict(d["qc"])
         if d.get("pixel_spacing_mm") is not None:
             d["pixel_spacing_mm"] = tuple(d["pixel_spacing_mm"])
         return cls(**d)

@@ -135,3 +135,21 @@ def detect_pose(grey: np.ndarray, *, cropped_64: bool = False) -> tuple[tuple[in
     scores.sort(key=lambda s: s[0], reverse=True)
     return scores[0][1], scores[0][0] - scores[1][0]
 
+
+
+# A hypothesis is a pose plus the polarity: (k, flip, inverted). A negative film read without
+# its MONOCHROME1 tag (some devices and film digitisers) z-scores to exactly -features, so the
+# same discriminant scores both polarities.
+Hypothesis = tuple[int, bool, bool]
+
+
+def rank_hypotheses(grey: np.ndarray, *, cropped_64: bool = False) -> list[tuple[Hypothesis, float]]:
+    """All 16 (pose, polarity) hypotheses, best first, with their discriminant scores."""
+    f = template_features(grey, cropped_64=cropped_64)
+    scores = []
+    for k, flip in POSES:
+        s = float((to_canonical(f, k, flip) * DISCRIMINANT_8x8).sum())
+        scores.append(((k, flip, False), s))
+        scores.append(((k, flip, True), -s))
+    scores.sort(key=lambda s: s[1], reverse=True)
+    return scores

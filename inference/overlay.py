@@ -54,6 +54,8 @@ def draw_overlay(image: np.ndarray, result: InferenceResult) -> np.ndarray:
         cv2.putText(canvas, lm.name, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, colour, unit, cv2.LINE_AA)
     banner = f"{result.pack_name} {result.pack_version}" + ("  DEGRADED: " + f"{result.stage0.failed_phase} "
                                                             f"{result.stage0.reason}" if result.degraded else "")
+    if getattr(result, "qc", None) is not None and result.qc.verdict != "pass":
+        banner += f"  QC {result.qc.verdict.upper()}" + (": do not use, trace by hand" if result.qc.verdict == "fail" else "")
     cv2.putText(canvas, banner, (8 * unit, 20 * unit), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 3 * unit, cv2.LINE_AA)
     cv2.putText(canvas, banner, (8 * unit, 20 * unit), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), unit, cv2.LINE_AA)
     return canvas

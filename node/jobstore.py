@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 UNFINISHED_JOB_STATES = ("queued", "processing", "delivering")
+# Job note prefix of a tracing the quality gate failed (inference.quality); `status` lists them.
+MANUAL_TRACING = "needs manual tracing"
 
 
 @dataclass
@@ -528,6 +530,8 @@ class JobStore:
             "deliveries": deliveries,
             "recent_jobs": job_rows("", recent),
             "failed_jobs": job_rows("WHERE state='failed'", 100),
+            # processed, but the quality gate withheld the tracing (node.processing.qc_note)
+            "needs_manual_tracing": job_rows(f"WHERE error LIKE '{MANUAL_TRACING}%'", 100),
         }
 
     def state_gauges(self) -> dict[str, Any]:

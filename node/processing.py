@@ -20,7 +20,7 @@ from cephnode.config.schema import NodeConfig
 from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 from cephnode.dicom_io.spool import safe_name, write_atomic
 from cephnode.domain.outputs import OutputKind
-from cephnode.node.jobstore import Job, JobStore
+from cephnode.node.jobstore import MANUAL_TRACING, Job, JobStore
 from cephnode.node.logs import get_logger, phi_fields
 from cephnode.node.result_objects import build_result_objects
 
@@ -68,6 +68,7 @@ class Processor:
         try:
             ds = self._read(job, timings)
             image, result = self._infer(ds, job, timings)
+            qc_note(result, notes, ctx)
             objects = self._produce(ds, image, result, job, timings, notes)
         except JobFailed as exc:
             timings["total_ms"] = _ms(t_all)
@@ -85,7 +86,8 @@ class Processor:
         state = self.store.finish_processing(job.id, [o.__dict__ for o in objects], deliveries, timings,
                                              note="; ".join(notes) or None)
         log.info("job_processed", **ctx, state=state, objects=len(objects), deliveries=len(deliveries),
-                 degraded=bool(getattr(result, "degraded", False)), timings_ms=timings, **phi_fields(ds))
+                 degraded=bool(getattr(result, "degraded", False)),
+                 qc=result.qc.verdict if getattr(result, "qc", None) else None, timings_ms=timings, **phi_fields(ds))
         return state
 
     # ---- steps ------------------------------------------------------------------------
@@ -155,6 +157,20 @@ class Processor:
                         out.append({"destination": "sender", "ae_title": caller.ae_title, "host": job.peer_host,
                                     "port": caller.return_port, **_obj(o)})
         return out
+
+
+def qc_note(result: Any, notes: list[str], ctx: dict[str, Any]) -> None:
+    """The quality gate's verdict on the job: a failed tracing is delivered as a failure (see
+    dicom_io.qc_content) and the job is listed as needing manual tracing; a review is noted."""
+    qc = getattr(result, "qc", None)
+    if qc is None or qc.verdict == "pass":
+        return
+    if qc.verdict == "fail":
+        notes.insert(0, f"{MANUAL_TRACING}: quality control failed: " + "; ".join(qc.reasons))
+        log.warning("needs_manual_tracing", **ctx, reasons=qc.reasons)
+    else:
+        notes.insert(0, "quality control review: " + "; ".join(qc.reasons))
+        log.info("qc_review", **ctx, reasons=qc.reasons, doubtful=qc.doubtful_landmarks)
 
 
 def _obj(o: ProducedObject) -> dict[str, Any]:

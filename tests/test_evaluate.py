@@ -65,3 +65,11 @@ def test_evaluate_command_on_real_test_images_with_the_default_pack(tmp_path):
     assert rep["orientation_mirrored"] == 3    # ISBI faces right: every image turned to face left
     png = cv2.imread(str(tmp_path / "test1.png"))
     assert png is not None and png.shape[0] >= 600 and png.shape[1] >= 1000
+
+
+def test_quality_summary_sets_verdicts_against_real_errors():
+    err = np.array([[1.0, 1.0], [2.0, 4.0], [12.0, 20.0], [6.0, 6.0]])
+    q = evaluate.quality_summary(["a", "b", "c", "d"], ["pass", "pass", "fail", "review"], err)
+    assert q["counts"] == {"pass": 2, "review": 1, "fail": 1}
+    assert q["mre_mm"] == {"pass": 2.0, "review": 6.0, "fail": 16.0}
+    assert q["over_10mm"] == {"c": "fail"} and q["over_5mm"] == {"c": "fail", "d": "review"}

@@ -59,6 +59,27 @@ def test_intensity_changes_values_not_structure():
                                                           (200, 201), (201, 199), (201, 200), (201, 201)}
 
 
+def test_device_shift_changes_the_film_not_the_anatomy_and_repeats_with_its_seed():
+    img = _dots(np.array([[200.0, 300.0]]))
+    img[:, :] = np.maximum(img, 40)
+    outs = [augment.device_shift(np.random.default_rng(s), img) for s in range(12)]
+    assert all(o.dtype == np.float32 and o.shape == img.shape and 0.0 <= o.min() and o.max() <= 1.0 for o in outs)
+    assert np.array_equal(outs[0], augment.device_shift(np.random.default_rng(0), img))
+    assert len({o.tobytes() for o in outs}) == len(outs)          # each draw is another device
+    for o in outs:   # the dot stays where it was, brighter than the film around it
+        assert o[299:302, 199:202].mean() > np.median(o) + 0.1
+
+
+def test_stage1_config_with_device_shift_uses_it_and_old_checkpoints_still_resume():
+    rng = np.random.default_rng(0)
+    img = np.full((512, 512), 90, np.uint8)
+    lm = np.tile([[256.0, 256.0]], (19, 1))
+    plain = stage1.make_sample(np.random.default_rng(0), img, lm, stage1.Stage1Config(arm="none"))[0]
+    shifted = stage1.make_sample(rng, img, lm, stage1.Stage1Config(arm="none", device_shift=1.0))[0]
+    assert not np.allclose(plain, shifted)
+    assert stage1._with_defaults({"arm": "none"})["device_shift"] == 0.0
+
+
 def test_canonical_mapping_round_trips_and_mirrors():
     w, h = isbi.metadata()["image_size"]
     pts = np.array([[0.0, 0.0], [w - 1.0, h - 1.0], [300.25, 811.5]])
@@ -110,6 +131,25 @@ def test_a_few_stage1_steps_run_save_and_resume(tmp_path):
     assert any('"reschedule"' in s for s in lines)
     assert [json.loads(s)["epoch"] for s in lines if '"event": "epoch"' in s] == [2]
     assert torch.load(ck, weights_only=False)["config"]["epochs"] == 2
+
+
+def test_validation_split_is_scored_after_every_epoch(tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    ds = cache.load()
+    train_ids = np.flatnonzero(ds.split == "train")
+    lines: list[str] = []
+    cfg = stage1.Stage1Config(arm="none", epochs=1, batch=2)
+    net = stage1.train(ds.images[train_ids[:2]], ds.landmarks[train_ids[:2]], cfg, tmp_path, log=lines.append,
+                       val=(ds.images[train_ids[-2:]], ds.landmarks[train_ids[-2:]], (0.38, 0.47)))
+    (epoch,) = [json.loads(s) for s in lines if '"event": "epoch"' in s]
+    assert epoch["val_mre"] > 0 and 0.0 <= epoch["val_sdr2"] <= 1.0
+    # deterministic (fixed seed, no augmentation), so two recipes' scores compare
+    again = stage1.validation_error(net, ds.images[train_ids[-2:]], ds.landmarks[train_ids[-2:]], cfg,
+                                      mm_per_px512=(0.38, 0.47))
+    assert again == stage1.validation_error(net, ds.images[train_ids[-2:]], ds.landmarks[train_ids[-2:]], cfg,
+                                              mm_per_px512=(0.38, 0.47))
 
 
 def test_no_prior_arm_ignores_the_attention_channels(tmp_path):

@@ -58,3 +58,22 @@ def intensity(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     if rng.random() < 0.5:
         x = x + rng.normal(0.0, rng.uniform(0.005, 0.03), x.shape).astype(np.float32)
     return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def device_shift(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """uint8 (512, 512) canonical image -> float32 [0, 1] as another device might show it:
+    training.deviceshift's transforms at random (intensity curve, contrast, blur or edge
+    enhancement, noise, a coarser detector, collimator bands, burnt-in labels). Geometry
+    (scale, shift, crop) stays with random_affine, so the landmarks need no change here;
+    polarity is left alone because the pipeline finds it (inference.pipeline)."""
+    from cephnode.training import deviceshift
+
+    s = deviceshift.random_shift(rng).with_(invert=False, field=(0.0, 0.0, 0.0, 0.0), spacing_mm=0.2)
+    img = np.asarray(img, np.uint8)
+    if rng.random() < 0.5:
+        # a detector of coarser pixels: down to 50-90 % and back, the detail it would lose
+        f = rng.uniform(0.5, 0.9)
+        small = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        img = cv2.resize(small, img.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    out, _, _ = deviceshift.apply(img, None, (0.2, 0.2), s, seed=int(rng.integers(2 ** 31)))
+    return out.astype(np.float32) / 255.0

@@ -64,6 +64,18 @@ def metrics(errors_mm: np.ndarray, names: tuple[str, ...] = ISBI_19) -> dict:
     }
 
 
+def quality_summary(ids: list[str], verdicts: list[str | None], errors_mm: np.ndarray) -> dict:
+    """Quality-gate verdicts (inference.quality) against the images' real errors: how many of
+    each, the mean radial error per verdict, and the verdicts of the films over 5 and 10 mm."""
+    image_mre = np.nanmean(errors_mm, axis=1)
+    out: dict = {"counts": {v: verdicts.count(v) for v in ("pass", "review", "fail")}}
+    out["mre_mm"] = {v: (round(float(image_mre[[x == v for x in verdicts]].mean()), 3)
+                         if v in verdicts else None) for v in ("pass", "review", "fail")}
+    for lim in (5, 10):
+        out[f"over_{lim}mm"] = {cid: verdicts[i] for i, cid in enumerate(ids) if image_mre[i] > lim}
+    return out
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=isbi.REPO_ROOT, capture_output=True,
@@ -86,7 +98,7 @@ def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", thr
     pred = np.full((n, len(ISBI_19), 2), np.nan)
     anchors = np.full((n, len(STAGE0_ANCHORS), 2), np.nan)
     truth = np.stack([c.mean for c in cases])
-    seconds, flipped, degraded = [], [], []
+    seconds, flipped, degraded, verdicts = [], [], [], []
     for k, case in enumerate(cases):
         img = cv2.imread(str(case.image_path), cv2.IMREAD_GRAYSCALE)
         t = time.perf_counter()
@@ -102,6 +114,7 @@ def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", thr
                 anchors[k, i] = a
         flipped.append(bool(res.orientation.flipped))
         degraded.append(bool(res.degraded))
+        verdicts.append(res.qc.verdict if res.qc is not None else None)
         if progress:
             progress(k + 1, n)
     err = radial_errors_mm(pred, truth, spacing)
@@ -120,6 +133,7 @@ def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", thr
         "stage1_on_anchor_landmarks": metrics(err[:, [ISBI_19.index(a) for a in STAGE0_ANCHORS]], STAGE0_ANCHORS),
         "orientation_mirrored": int(sum(flipped)),
         "degraded": int(sum(degraded)),
+        "quality": quality_summary([c.case_id for c in cases], verdicts, err),
         "seconds_per_image": {"mean": float(np.mean(seconds)), "p50": float(np.median(seconds))},
         "per_image": {c.case_id: [None if not np.isfinite(v) else round(float(v), 3) for v in row]
                       for c, row in zip(cases, err)},

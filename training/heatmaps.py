@@ -14,6 +14,10 @@ def to_grid(points512: np.ndarray) -> np.ndarray:
     return (np.asarray(points512, dtype=np.float64) + 0.5) / 2.0 - 0.5
 
 
+def from_grid(points256: np.ndarray) -> np.ndarray:
+    return (np.asarray(points256, dtype=np.float64) + 0.5) * 2.0 - 0.5
+
+
 def gaussians(points256: np.ndarray, sigmas: np.ndarray, present: np.ndarray, size: int = GRID) -> np.ndarray:
     """(K,2) points, (K,) sigmas, (K,) bool -> (K,size,size) float32, peak 1; absent -> zeros.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cephnode.training import cache, labels, stage0, stage1
+from cephnode.training import cache, isbi, labels, stage0, stage1
 
 
 def stage0_all(ds: cache.CanonicalSet, ckpt_dir: Path, cfg: stage0.Stage0Config, *, log=print,
@@ -88,8 +88,11 @@ def json_lines_logger(path: Path):
 
 
 def train_pack(out: Path, ckpt: Path, s0cfg: stage0.Stage0Config, s1cfg: stage1.Stage1Config, *, device: str,
-               reschedule: bool = False, accuracy_json: Path | None = None, bar_factory=None, say=print) -> Path:
-    """Train (resuming from `ckpt`) and export the whole pack into `out`; returns pack.json."""
+               reschedule: bool = False, accuracy_json: Path | None = None, bar_factory=None, say=print,
+               val_images: int = 0) -> Path:
+    """Train (resuming from `ckpt`) and export the whole pack into `out`; returns pack.json.
+    val_images: hold the last N train images (by number) out of Stage 1 and score them after
+    every epoch, to choose recipes on (test1 is never used for that)."""
     from cephnode.training import export
     from cephnode.training.manifest import write_pack_manifest
 
@@ -99,8 +102,17 @@ def train_pack(out: Path, ckpt: Path, s0cfg: stage0.Stage0Config, s1cfg: stage1.
         f"logs {ckpt.parent}/stage0.log, stage1_{s1cfg.arm}.log")
     nets = stage0_all(ds, ckpt, s0cfg, log=json_lines_logger(ckpt.parent / "stage0.log"), bar_factory=bar_factory)
     tr = ds.split == "train"
+    val = None
+    if val_images:
+        held = np.flatnonzero(tr)[np.argsort(ds.ids[tr])][-val_images:]
+        tr = tr.copy()
+        tr[held] = False
+        w, h = ds.src_size
+        row, col = isbi.pixel_spacing_mm()
+        val = (ds.images[held], ds.landmarks[held], (w * col / 512.0, h * row / 512.0))
+        say(f"validation: {len(held)} held-out train images ({', '.join(sorted(ds.ids[held])[:3])} ...)")
     stage1.train(ds.images[tr], ds.landmarks[tr], s1cfg, ckpt, log=json_lines_logger(ckpt.parent / f"stage1_{s1cfg.arm}.log"),
-                 device=device, progress=True, reschedule=reschedule)
+                 device=device, progress=True, reschedule=reschedule, val=val)
     nets["stage1"] = stage1.load_trained(ckpt / f"stage1_{s1cfg.arm}.pt")
     export.export_pack(nets, out)
     return write_pack_manifest(out, s0cfg, s1cfg, accuracy_json=accuracy_json, log_dir=ckpt.parent)

@@ -45,6 +45,7 @@ class Stage1Config:
     prior_channel_drop: float = 0.15
     prior_all_drop: float = 0.1
     checkpoint_every_s: float = 180.0
+    device_shift: float = 0.0      # share of samples shown through augment.device_shift (0: off)
 
 
 def render_priors(rng: np.random.Generator, pts25_256: np.ndarray, cfg: Stage1Config) -> np.ndarray:
@@ -73,7 +74,10 @@ def make_sample(rng: np.random.Generator, img: np.ndarray, lm19_512: np.ndarray,
         m, _ = augment.random_affine(rng, 512, augment.GeometryParams())
         img = augment.warp_image(img, m)
         lm19_512 = augment.warp_points(lm19_512, m)
-        grey = augment.intensity(rng, img)
+        if cfg.device_shift and rng.random() < cfg.device_shift:
+            grey = augment.device_shift(rng, img)
+        else:
+            grey = augment.intensity(rng, img)
     else:
         grey = img.astype(np.float32) / 255.0
     lm256 = heatmaps.to_grid(lm19_512)
@@ -99,10 +103,40 @@ def heatmap_loss(logits25: torch.Tensor, target19: torch.Tensor) -> torch.Tensor
     return (F.binary_cross_entropy_with_logits(lg, target19, reduction="none") * w).mean()
 
 
+def validation_error(net: torch.nn.Module, images: np.ndarray, landmarks: np.ndarray, cfg: Stage1Config, *,
+                     mm_per_px512: tuple[float, float] = (1.0, 1.0), device: str = "cpu") -> dict[str, float]:
+    """Mean radial error of the heatmap peaks on held-out canonical images (never test1): the
+    number to choose epochs, recipes and architectures by. mm_per_px512 = (x, y) size of one
+    512-grid pixel. The priors arm gets priors rendered from the truth (optimistic: in the
+    pipeline they come from Stage 0); the zeroed arm gets zeros, as in the pipeline."""
+    was_training = net.training
+    net.eval()
+    rng = np.random.default_rng(cfg.seed)
+    errs = []
+    with torch.no_grad():
+        for start in range(0, len(images), 4):
+            samples = [make_sample(rng, images[i], landmarks[i], cfg, train=False)
+                       for i in range(start, min(start + 4, len(images)))]
+            grey = torch.from_numpy(np.stack([s[0] for s in samples])).to(device)
+            pri = torch.from_numpy(np.stack([s[1] for s in samples])).to(device)
+            heat = net(assemble_input(grey, pri))[:, torch.as_tensor(ISBI_TO_25)].cpu().numpy()
+            b, c, h, w = heat.shape
+            flat = heat.reshape(b, c, -1).argmax(-1)
+            peak256 = np.stack([flat % w, flat // w], -1).astype(np.float64)
+            d = (heatmaps.from_grid(peak256) - landmarks[start:start + b]) * np.asarray(mm_per_px512)
+            errs.append(np.hypot(d[..., 0], d[..., 1]))
+    net.train(was_training)
+    e = np.concatenate(errs)
+    return {"val_mre": round(float(e.mean()), 4), "val_sdr2": round(float((e <= 2.0).mean()), 4)}
+
+
 def train(images: np.ndarray, landmarks: np.ndarray, cfg: Stage1Config, ckpt_dir: Path, *,
-          log=print, device: str = "cpu", progress: bool = False, reschedule: bool = False) -> torch.nn.Module:
+          log=print, device: str = "cpu", progress: bool = False, reschedule: bool = False,
+          val: tuple[np.ndarray, np.ndarray, tuple[float, float]] | None = None) -> torch.nn.Module:
     """Resumable: continues from ckpt_dir/stage1_<arm>.pt if present. With reschedule=True a
-    checkpoint made for another number of epochs continues on a schedule of cfg.epochs."""
+    checkpoint made for another number of epochs continues on a schedule of cfg.epochs.
+    val = (images, landmarks, mm per 512-grid pixel): held-out images scored after each epoch
+    (validation_error), logged with the epoch; model choices are made on these, never on test1."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / f"stage1_{cfg.arm}.pt"
     torch.manual_seed(cfg.seed)
@@ -161,8 +195,9 @@ def train(images: np.ndarray, landmarks: np.ndarray, cfg: Stage1Config, ckpt_dir
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch)
         epoch += 1
+        scores = validation_error(net, val[0], val[1], cfg, mm_per_px512=val[2], device=device) if val else {}
         log(json.dumps({"event": "epoch", "arm": cfg.arm, "epoch": epoch, "loss": float(np.mean(losses)),
-                        "lr": sched.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 1)}))
+                        "lr": sched.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 1), **scores}))
         if time.time() - last_save > cfg.checkpoint_every_s or epoch == cfg.epochs:
             _save(ckpt, net, opt, sched, epoch, cfg)
             last_save = time.time()
@@ -180,8 +215,9 @@ def _save(path: Path, net, opt, sched, epoch: int, cfg: Stage1Config) -> None:
 
 
 def _with_defaults(config: dict) -> dict:
-    """Checkpoints from before the `arch` field were all the plain stride-4 U-Net."""
-    return {"arch": "unet-s4", **config}
+    """Checkpoints from before the `arch` field were all the plain stride-4 U-Net; those from
+    before `device_shift` trained without it."""
+    return {"arch": "unet-s4", "device_shift": 0.0, **config}
 
 
 def load_trained(ckpt: Path) -> torch.nn.Module:
