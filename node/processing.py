@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from io import BytesIO
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ from pydicom.dataset import Dataset
 from config.schema import NodeConfig
 from dicom_io.pixels import PixelDataError, read_dicom_image
 from dicom_io.spool import safe_name, write_atomic
+from node import faults
 from node.jobstore import Job, JobStore
-from node.logs import get_logger, phi_fields
+from node.logs import get_logger, sanitize_error, sanitize_traceback
 from node.result_objects import build_result_objects
 
 log = get_logger("cephnode.processing")
@@ -48,18 +49,33 @@ def wanted_kinds(cfg: NodeConfig) -> list[str]:
     return [k for k in order if k in kinds]
 
 
+@dataclass
+class JobOutcome:
+    """What a worker process sends back for one job: small and picklable (paths and UIDs,
+    never pixels or datasets). ok=False carries the reason shown to the admin."""
+    ok: bool
+    objects: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    degraded: bool = False
+
+
 class Processor:
-    def __init__(self, cfg: NodeConfig, store: JobStore, pipeline: Any):
+    """The unsafe part of a job (decoding, inference, building objects). It runs inside a
+    worker process (node.workers) and touches no database: the parent records the outcome."""
+
+    def __init__(self, cfg: NodeConfig, pipeline: Any):
         self.cfg = cfg
-        self.store = store
         self.pipeline = pipeline
         self.outbox = Path(cfg.storage.outbox).resolve()
         self.kinds = wanted_kinds(cfg)
-        self._callers = {c.ae_title: c for c in cfg.listen.allowed_callers}
 
-    def run(self, job: Job) -> str:
-        """Process one claimed job; returns its new state."""
-        notes: list[str] = []   # per call: several workers may share this Processor
+    def execute(self, job: Job) -> JobOutcome:
+        """Process one claimed job. Never raises: every failure, including a BaseException
+        from a native decoder (a Rust panic surfaces as pyo3's PanicException, which is not an
+        Exception), becomes a failed outcome with its reason."""
+        notes: list[str] = []
         timings: dict[str, float] = {}
         ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
         log.info("job_started", **ctx)
@@ -70,30 +86,31 @@ class Processor:
             objects = self._produce(ds, image, result, job, timings, notes)
         except JobFailed as exc:
             timings["total_ms"] = _ms(t_all)
-            self.store.fail_job(job.id, str(exc), timings=timings)
-            log.warning("job_failed", **ctx, reason=str(exc), timings_ms=timings)
-            return "failed"
-        except Exception as exc:  # a bug or an unexpected library error: still only this job fails
+            return JobOutcome(False, timings=timings, reason=sanitize_error(str(exc)))
+        except MemoryError:
             timings["total_ms"] = _ms(t_all)
-            reason = f"unexpected error: {type(exc).__name__}: {exc}"
-            self.store.fail_job(job.id, reason, timings=timings)
-            log.exception("job_failed", **ctx, reason=reason, timings_ms=timings)
-            return "failed"
-        deliveries = self._deliveries(job, objects)
+            return JobOutcome(False, timings=timings, reason="out of memory: the job exceeded the worker's memory limit")
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a bug, a library error or a native panic: still only this job fails
+            timings["total_ms"] = _ms(t_all)
+            reason = sanitize_error(f"unexpected error: {type(exc).__name__}: {exc}")
+            log.error("job_error", **ctx, reason=reason, traceback=sanitize_traceback(exc))
+            return JobOutcome(False, timings=timings, reason=reason)
         timings["total_ms"] = _ms(t_all)
-        state = self.store.finish_processing(job.id, [o.__dict__ for o in objects], deliveries, timings,
-                                             note="; ".join(notes) or None)
-        log.info("job_processed", **ctx, state=state, objects=len(objects), deliveries=len(deliveries),
-                 degraded=bool(getattr(result, "degraded", False)), timings_ms=timings, **phi_fields(ds))
-        return state
+        return JobOutcome(True, [o.__dict__ for o in objects], notes, timings,
+                          degraded=bool(getattr(result, "degraded", False)))
 
     # ---- steps ------------------------------------------------------------------------
     def _read(self, job: Job, timings: dict[str, float]) -> Dataset:
         t = time.perf_counter()
         try:
             ds = pydicom.dcmread(job.path)
+            faults.inject(ds)  # test-only, inert unless CEPHNODE_FAULT_INJECTION=1
         except FileNotFoundError:
             raise JobFailed(f"spooled file is missing: {job.path}") from None
+        except MemoryError:
+            raise
         except Exception as exc:
             raise JobFailed(f"cannot read the instance: {type(exc).__name__}: {exc}") from None
         timings["read_ms"] = _ms(t)
@@ -105,7 +122,11 @@ class Processor:
             image = read_dicom_image(ds)
         except PixelDataError as exc:
             raise JobFailed(str(exc)) from None
-        except Exception as exc:  # pydicom/numpy errors on hostile headers
+        except MemoryError:
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # pydicom/numpy errors on hostile headers, native decoder panics
             raise JobFailed(f"pixel data unusable: {type(exc).__name__}: {exc}") from None
         timings["decode_ms"] = _ms(t)
         if image.pixel_spacing_mm is None:
@@ -135,29 +156,46 @@ class Processor:
         timings["outputs_ms"] = _ms(t)
         return produced
 
-    def _deliveries(self, job: Job, objects: list[ProducedObject]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for dest in self.cfg.destinations:
+
+def record_outcome(cfg: NodeConfig, store: JobStore, job: Job, outcome: JobOutcome) -> str:
+    """Parent side: write a worker's outcome to the queue (objects and their deliveries in
+    one transaction, or the failure with its reason); returns the job's new state."""
+    ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
+    if not outcome.ok:
+        store.fail_job(job.id, outcome.reason or "failed", timings=outcome.timings)
+        log.warning("job_failed", **ctx, reason=outcome.reason, timings_ms=outcome.timings)
+        return "failed"
+    deliveries = _deliveries(cfg, job, outcome.objects)
+    state = store.finish_processing(job.id, outcome.objects, deliveries, outcome.timings,
+                                    note="; ".join(outcome.notes) or None)
+    log.info("job_processed", **ctx, state=state, objects=len(outcome.objects), deliveries=len(deliveries),
+             degraded=outcome.degraded, timings_ms=outcome.timings)
+    return state
+
+
+def _deliveries(cfg: NodeConfig, job: Job, objects: list[dict[str, str]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for dest in cfg.destinations:
+        for o in objects:
+            if o["kind"] in dest.kinds:
+                out.append({"destination": dest.name, "ae_title": dest.ae_title, "host": dest.host,
+                            "port": dest.port, **_obj(o)})
+    rts = cfg.return_to_sender
+    if rts.enabled:
+        caller = {c.ae_title: c for c in cfg.listen.allowed_callers}.get(job.calling_ae or "")
+        if caller is None or caller.return_port is None or not job.peer_host:
+            log.warning("return_to_sender_unknown", job_id=job.id, calling_ae=job.calling_ae,
+                        detail="no return_port configured for this calling AE; results not sent back")
+        else:
             for o in objects:
-                if o.kind in dest.kinds:
-                    out.append({"destination": dest.name, "ae_title": dest.ae_title, "host": dest.host,
-                                "port": dest.port, **_obj(o)})
-        rts = self.cfg.return_to_sender
-        if rts.enabled:
-            caller = self._callers.get(job.calling_ae or "")
-            if caller is None or caller.return_port is None or not job.peer_host:
-                log.warning("return_to_sender_unknown", job_id=job.id, calling_ae=job.calling_ae,
-                            detail="no return_port configured for this calling AE; results not sent back")
-            else:
-                for o in objects:
-                    if o.kind in rts.kinds:
-                        out.append({"destination": "sender", "ae_title": caller.ae_title, "host": job.peer_host,
-                                    "port": caller.return_port, **_obj(o)})
-        return out
+                if o["kind"] in rts.kinds:
+                    out.append({"destination": "sender", "ae_title": caller.ae_title, "host": job.peer_host,
+                                "port": caller.return_port, **_obj(o)})
+    return out
 
 
-def _obj(o: ProducedObject) -> dict[str, Any]:
-    return {"kind": o.kind, "sop_uid": o.sop_uid, "sop_class": o.sop_class, "path": o.path}
+def _obj(o: dict[str, str]) -> dict[str, Any]:
+    return {"kind": o["kind"], "sop_uid": o["sop_uid"], "sop_class": o["sop_class"], "path": o["path"]}
 
 
 def _ms(t0: float) -> float:

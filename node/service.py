@@ -2,7 +2,8 @@
 
 Threads (the receiver's association threads come from pynetdicom):
   scheduler  closes studies after the quiet period and queues their jobs
-  worker(s)  processing.workers threads, each running one job at a time; claiming a job is a
+  worker(s)  processing.workers threads, each feeding one child process (node.workers) that
+             runs one job at a time under a time and memory limit; claiming a job is a
              transaction, so no two workers take the same one
   delivery   sends produced objects, honouring each delivery's next_attempt_at
   retention  hourly, deletes the files of finished work past storage.retention_days
@@ -26,7 +27,7 @@ from dicom_io.spool import remove_partials
 from node.delivery import Deliverer
 from node.jobstore import InstanceRecord, JobStore
 from node.logs import get_logger
-from node.processing import Processor
+from node.workers import WorkerPool
 from node.retention import prune
 from node.receiver import Receiver
 from node.selection import evaluate
@@ -38,16 +39,17 @@ PRUNE_EVERY_S = 3600.0
 
 
 def load_pipeline(cfg: NodeConfig) -> Any:
-    from inference.pipeline import Pipeline  # heavy (ONNX Runtime): only when serving
+    """Called in each worker process, never in the node's own (see node.workers)."""
+    from inference.pipeline import Pipeline  # heavy (ONNX Runtime)
 
     p = cfg.processing
     return Pipeline.load(p.models_dir, device=p.device, threads=p.threads)
 
 
 class NodeService:
-    def __init__(self, cfg: NodeConfig, *, pipeline: Any = None):
+    def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
-        self.pipeline = pipeline
+        self.pool: WorkerPool | None = None
         self._stop = threading.Event()
         self._wake_scheduler = threading.Event()
         self._wake_worker = threading.Event()
@@ -69,15 +71,16 @@ class NodeService:
         log.info("recovered", requeued_jobs=recovered["requeued"], parked_jobs=recovered["parked"],
                  adopted_spool_files=adopted, removed_partial_files=partials, queue_depth=summary["queue_depth"],
                  pending_deliveries=summary["deliveries"].get("pending", 0))
-        if self.pipeline is None:
-            t = time.perf_counter()
-            self.pipeline = load_pipeline(cfg)
-            log.info("pipeline_loaded", pack=self.pipeline.pack.name, version=self.pipeline.pack.version,
-                     providers=self.pipeline.providers, load_ms=round((time.perf_counter() - t) * 1000, 1))
-        self.processor = Processor(cfg, self.store, self.pipeline)
+        t = time.perf_counter()
+        self.pool = WorkerPool(cfg, self.store, stop=self._stop, wake=self._wake_worker,
+                               on_state=self._job_settled)
+        info = self.pool.start()  # the children load the pack; a broken pack stops the start here
+        log.info("pipeline_loaded", pack=info.get("pack"), version=info.get("version"), providers=info.get("providers"),
+                 workers=cfg.processing.workers, worker_pids=self.pool.pids(),
+                 memory_limit_bytes=info.get("memory_limit_bytes"), job_timeout_s=cfg.processing.job_timeout_s,
+                 load_ms=round((time.perf_counter() - t) * 1000, 1))
         self.deliverer = Deliverer(cfg, self.store)
         loops = [("scheduler", self._scheduler_loop), ("delivery", self._delivery_loop)]
-        loops += [(f"worker-{i + 1}", self._worker_loop) for i in range(cfg.processing.workers)]
         if cfg.storage.retention_days > 0:
             loops.append(("retention", self._retention_loop))
         for name, target in loops:
@@ -135,16 +138,9 @@ class NodeService:
             self._wake_scheduler.wait(min(POLL_S, max(quiet / 4, 0.05)))
             self._wake_scheduler.clear()
 
-    def _worker_loop(self) -> None:
-        while not self._stop.is_set():
-            job = self.store.claim_job()
-            if job is None:
-                self._wake_worker.wait(POLL_S)
-                self._wake_worker.clear()
-                continue
-            state = self.processor.run(job)
-            if state == "delivering":
-                self._wake_delivery.set()
+    def _job_settled(self, state: str) -> None:
+        if state == "delivering":
+            self._wake_delivery.set()
 
     def _delivery_loop(self) -> None:
         while not self._stop.is_set():
@@ -177,9 +173,10 @@ class NodeService:
         for ev in (self._wake_scheduler, self._wake_worker, self._wake_delivery):
             ev.set()
         deadline = time.monotonic() + timeout
+        unfinished = self.pool.stop(timeout) if self.pool is not None else []
         for t in self._threads:
             t.join(max(0.1, deadline - time.monotonic()))
-        unfinished = [t.name for t in self._threads if t.is_alive()]
+        unfinished += [t.name for t in self._threads if t.is_alive()]
         log.info("node_stopped", unfinished_threads=unfinished)
 
     def serve_forever(self) -> None:
