@@ -63,6 +63,25 @@ def write_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
+def adopt_file(src: Path, path: Path) -> Path:
+    """Move a file written elsewhere on the same filesystem (a received data set) to `path`
+    with the same guarantee as write_atomic: fsync'ed, renamed, its folder fsync'ed."""
+    path = Path(path)
+    created = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(src, 0o600)
+    os.replace(src, path)
+    _fsync_dir(path.parent)
+    if created:
+        _fsync_dir(path.parent.parent)
+    return path
+
+
 def remove_partials(folder: Path) -> int:
     """Delete temporary files a crash left behind; returns how many."""
     n = 0

@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL,
     finished_at REAL,
     outputs TEXT,                 -- JSON list of {kind, sop_uid, sop_class, path}
-    timings TEXT                  -- JSON {step: ms}
+    timings TEXT,                 -- JSON {step: ms}
+    not_before REAL               -- a deferred job (transient condition) is not claimed before this
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -145,6 +146,8 @@ class JobStore:
             columns = {r["name"] for r in db.execute("PRAGMA table_info(instances)")}
             if "pruned_at" not in columns:
                 db.execute("ALTER TABLE instances ADD COLUMN pruned_at REAL")
+            if "not_before" not in {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}:
+                db.execute("ALTER TABLE jobs ADD COLUMN not_before REAL")
 
     # ---- connections ------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -235,7 +238,8 @@ class JobStore:
         with self._tx() as db:
             row = db.execute(
                 "SELECT j.id, j.sop_uid, j.study_uid, j.attempts, i.path, i.calling_ae, i.peer_host FROM jobs j"
-                " JOIN instances i ON i.sop_uid = j.sop_uid WHERE j.state='queued' ORDER BY j.id LIMIT 1").fetchone()
+                " JOIN instances i ON i.sop_uid = j.sop_uid WHERE j.state='queued' AND COALESCE(j.not_before, 0) <= ?"
+                " ORDER BY j.id LIMIT 1", (time.time(),)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state='processing', attempts=attempts+1, updated_at=? WHERE id=?",
@@ -253,6 +257,14 @@ class JobStore:
     def requeue_job(self, job_id: int, error: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET state='queued', error=?, updated_at=? WHERE id=?", (error, time.time(), job_id))
+
+    def defer_job(self, job_id: int, error: str, delay_s: float) -> None:
+        """A transient condition of this host (disk full): back to the queue after delay_s, and
+        the attempt does not count against max_processing_attempts."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state='queued', error=?, attempts=MAX(attempts-1, 0), not_before=?,"
+                       " updated_at=? WHERE id=?", (error, now + delay_s, now, job_id))
 
     def finish_processing(self, job_id: int, outputs: list[dict[str, Any]], deliveries: list[dict[str, Any]],
                           timings: dict[str, float], *, note: str | None = None) -> str:
@@ -417,7 +429,7 @@ class JobStore:
             "jobs": jobs,
             "deliveries": deliveries,
             "recent_jobs": job_rows("", recent),
-            "failed_jobs": job_rows("WHERE state='failed'", 100),
+            "failed_jobs": job_rows("WHERE state='failed'", 100),   # the newest; the count is in jobs
         }
 
     def job(self, job_id: int) -> dict[str, Any] | None:

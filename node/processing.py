@@ -6,6 +6,7 @@ node down.
 """
 from __future__ import annotations
 
+import errno
 import json
 import time
 from io import BytesIO
@@ -18,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from config.schema import NodeConfig
 from dicom_io.pixels import PixelDataError, read_dicom_image
-from dicom_io.spool import safe_name, write_atomic
+from dicom_io.spool import is_valid_uid, safe_name, write_atomic
 from node import faults
 from node.jobstore import Job, JobStore
 from node.logs import get_logger, sanitize_error, sanitize_traceback
@@ -59,6 +60,7 @@ class JobOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     degraded: bool = False
+    transient: bool = False   # a condition of this host (disk full), not of the input: try again later
 
 
 class Processor:
@@ -83,6 +85,8 @@ class Processor:
         try:
             ds = self._read(job, timings)
             image, result = self._infer(ds, job, timings)
+            if image.pixel_spacing_mm is None:
+                notes.append(f"pixel spacing {image.spacing_source}: no distances in mm")
             objects = self._produce(ds, image, result, job, timings, notes)
         except JobFailed as exc:
             timings["total_ms"] = _ms(t_all)
@@ -90,6 +94,11 @@ class Processor:
         except MemoryError:
             timings["total_ms"] = _ms(t_all)
             return JobOutcome(False, timings=timings, reason="out of memory: the job exceeded the worker's memory limit")
+        except OSError as exc:
+            timings["total_ms"] = _ms(t_all)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):   # the disk fills and empties again: not the job's fault
+                return JobOutcome(False, timings=timings, reason="no space left on the outbox disk", transient=True)
+            return JobOutcome(False, timings=timings, reason=sanitize_error(f"unexpected error: OSError: {exc}"))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a bug, a library error or a native panic: still only this job fails
@@ -114,12 +123,18 @@ class Processor:
         except Exception as exc:
             raise JobFailed(f"cannot read the instance: {type(exc).__name__}: {exc}") from None
         timings["read_ms"] = _ms(t)
+        # Output objects copy these UIDs: one that is not a UID ('../x', 1 MB of digits) must
+        # never reach them.
+        bad = [kw for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+               if not is_valid_uid(str(ds.get(kw, "") or ""))]
+        if bad:
+            raise JobFailed(f"invalid UID in {', '.join(bad)} (not a valid DICOM UID; never copied into outputs)")
         return ds
 
     def _infer(self, ds: Dataset, job: Job, timings: dict[str, float]):
         t = time.perf_counter()
         try:
-            image = read_dicom_image(ds)
+            image = read_dicom_image(ds, max_pixels=self.cfg.limits.max_image_pixels)
         except PixelDataError as exc:
             raise JobFailed(str(exc)) from None
         except MemoryError:

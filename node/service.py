@@ -13,6 +13,7 @@ know (a crash between the file and the commit) are adopted.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ from config.schema import NodeConfig
 from dicom_io.spool import remove_partials
 from node.delivery import Deliverer
 from node.jobstore import InstanceRecord, JobStore
-from node.logs import get_logger
+from node.logs import get_logger, sanitize_error
 from node.workers import WorkerPool
 from node.retention import prune
 from node.receiver import Receiver
@@ -61,9 +62,15 @@ class NodeService:
     # ---- start ------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
-        for folder in (cfg.storage.spool, cfg.storage.outbox):
+        # Patient data: files 0600 and folders 0700, whatever the caller's umask (the SQLite
+        # file and its WAL included); folders made by an older version are tightened too.
+        os.umask(0o077)
+        for folder in (cfg.storage.spool, cfg.storage.outbox, Path(cfg.storage.db).parent):
             Path(folder).mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
         self.store = JobStore(cfg.storage.db)
+        for f in Path(cfg.storage.db).parent.glob(Path(cfg.storage.db).name + "*"):
+            os.chmod(f, 0o600)
         recovered = self.store.recover(cfg.processing.max_processing_attempts)
         partials = remove_partials(Path(cfg.storage.spool)) + remove_partials(Path(cfg.storage.outbox))
         adopted = self._adopt_orphans()
@@ -99,8 +106,8 @@ class NodeService:
         adopted = 0
         spool = Path(self.cfg.storage.spool).resolve()
         for path in sorted(spool.rglob("*.dcm")):
-            if str(path) in known:
-                continue
+            if str(path) in known or ".incoming" in path.relative_to(spool).parts:
+                continue   # .incoming: transfers that were never acknowledged
             try:
                 ds = pydicom.dcmread(BytesIO(path.read_bytes()), stop_before_pixels=True)
                 sop_uid = str(ds.SOPInstanceUID)
@@ -111,7 +118,7 @@ class NodeService:
                                      str(ds.file_meta.get("TransferSyntaxUID", "")), str(path), None, None,
                                      verdict.selected, verdict.reason)
             except Exception as exc:
-                log.warning("orphan_unreadable", path=str(path), error=str(exc))
+                log.warning("orphan_unreadable", path=str(path), error=sanitize_error(str(exc)))
                 continue
             if self.store.record_instance(rec):
                 adopted += 1

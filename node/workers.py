@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from config.schema import NodeConfig
 from node.jobstore import Job, JobStore
-from node.logs import get_logger
+from node.logs import get_logger, sanitize_error
 from node.processing import JobOutcome, record_outcome
 
 log = get_logger("cephnode.workers")
@@ -219,6 +219,9 @@ class WorkerPool:
         self._on_state = on_state
         self.slots = [WorkerSlot(cfg, f"worker-{i + 1}") for i in range(cfg.processing.workers)]
         self.threads: list[threading.Thread] = []
+        self._paused: str | None = None      # the transient condition jobs are waiting on
+        self._deferrals = 0
+        self._claim_error: str | None = None
 
     def start(self) -> dict[str, Any]:
         """Start every child and wait until each has loaded the pack (raises WorkerStartError)."""
@@ -245,10 +248,16 @@ class WorkerPool:
                 continue
             try:
                 job = self.store.claim_job()
-            except Exception as exc:   # a locked or unwritable database: wait and try again
-                log.warning("claim_failed", worker=slot.name, error=f"{type(exc).__name__}")
-                self._stop.wait(1.0)
+            except Exception as exc:   # a locked or unwritable database (disk full): wait, try again
+                why = sanitize_error(f"{type(exc).__name__}: {exc}")
+                if self._claim_error != why:   # once per state change
+                    self._claim_error = why
+                    log.error("queue_unavailable", worker=slot.name, error=why, detail="retrying every 2 s")
+                self._stop.wait(2.0)
                 continue
+            if self._claim_error is not None:
+                log.info("queue_available", worker=slot.name)
+                self._claim_error = None
             if job is None:
                 self._wake.wait(0.2)
                 self._wake.clear()
@@ -258,7 +267,19 @@ class WorkerPool:
     def _run(self, slot: WorkerSlot, job: Job) -> None:
         p = self.cfg.processing
         outcome, lost = slot.run(job, p.job_timeout_s)
-        if outcome is not None:
+        if outcome is not None and outcome.transient:
+            self._deferrals = min(self._deferrals + 1, 8)
+            delay = min(300.0, 5.0 * 2 ** (self._deferrals - 1))
+            self.store.defer_job(job.id, f"{outcome.reason}; retrying", delay)
+            if self._paused != outcome.reason:   # once per state change, not once per job
+                self._paused = outcome.reason
+                log.error("processing_paused", reason=outcome.reason, retry_in_s=delay,
+                          detail="jobs wait and resume by themselves when the condition clears")
+            state = "queued"
+        elif outcome is not None:
+            if self._paused is not None:
+                log.info("processing_resumed", after=self._paused)
+                self._paused, self._deferrals = None, 0
             state = record_outcome(self.cfg, self.store, job, outcome)
         else:
             ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts,
