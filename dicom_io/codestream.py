@@ -79,6 +79,25 @@ def rle_check(frame: bytes, rows: int, cols: int, segments_expected: int) -> Non
     for a, b in zip(offsets, offsets[1:]):
         if (b - a) * 64 < need:
             raise CodestreamError(f"RLE segment of {b - a} bytes cannot hold {rows} x {cols} pixels")
+    got = _rle_decoded_length(frame[offsets[0]:offsets[1]], need + 2)
+    if not need <= got <= need + 1:   # an encoder may pad a segment to even length
+        raise CodestreamError(f"RLE segment decodes to {got} bytes, the header implies {rows} x {cols} = {need}")
+
+
+def _rle_decoded_length(seg: bytes, stop: int) -> int:
+    """How many bytes a PackBits segment decodes to (counted, not decoded; stops past `stop`)."""
+    i, n, out = 0, len(seg), 0
+    while i < n and out <= stop:
+        h = seg[i]
+        if h < 128:               # h + 1 literal bytes follow
+            out += h + 1
+            i += h + 2
+        elif h > 128:             # the next byte, repeated 257 - h times
+            out += 257 - h
+            i += 2
+        else:                     # 128: no operation
+            i += 1
+    return out
 
 
 def check_frame(transfer_syntax: str, frame: bytes, *, rows: int, cols: int, samples: int, bits_allocated: int,

@@ -138,6 +138,8 @@ def configure(level: str = "INFO", fmt: str = "json", log_phi: bool = False, str
     root.addHandler(_ToStructlog())
     root.setLevel(logging.WARNING)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)
+    # pydicom both warns and logs each problem of a value; the warning is kept (once per place)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.captureWarnings(True)
     warnings.simplefilter("default")   # each distinct warning once per place, not once per image
 

@@ -123,6 +123,9 @@ class Processor:
         except Exception as exc:
             raise JobFailed(f"cannot read the instance: {type(exc).__name__}: {exc}") from None
         timings["read_ms"] = _ms(t)
+        if "SOPInstanceUID" not in ds or "PixelData" not in ds and "SOPClassUID" not in ds:
+            # pydicom returns what it could parse; a data set cut short can come back empty
+            raise JobFailed("cannot read the instance: the data set is truncated or empty")
         # Output objects copy these UIDs: one that is not a UID ('../x', 1 MB of digits) must
         # never reach them.
         bad = [kw for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
