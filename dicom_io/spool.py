@@ -12,7 +12,7 @@ import re
 import tempfile
 from pathlib import Path
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")  # PS3.5 9.1: no leading zeros
 
 
 def is_valid_uid(value: str | None) -> bool:

@@ -126,7 +126,7 @@ def generate(img: np.ndarray, *, seed: int = 1099, only: set[str] | None = None)
 
     # -- byte flips in the pixel data (codec headers included: the first bytes of each frame)
     if want('pixel byte flips'):
-        for k in range(90 * scale):
+        for k in range(60 * scale):
             v = encodings[k % 4]
             raw = bytearray(_bytes(_base(img, v, 300 + k)))
             pix = raw.find(b"\xe0\x7f\x10\x00")
