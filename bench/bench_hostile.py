@@ -4,7 +4,8 @@ Prints one JSON object:
   fuzz                the fuzz suite's inputs (tests/support/fuzz.py) sent as raw bytes:
                       inputs, outcomes (refused / failed / skipped / done), node_crashes,
                       lost (acknowledged, no row), doubled (more than one job per SOP UID)
-  bombs               peak RSS of the node and its workers after the codec bombs alone
+  bombs               peak RSS of the node and its child processes (the workers and
+                      multiprocessing's small resource tracker) after the codec bombs alone
                       (J2K SIZ 60000^2, RLE 12000^2, JPEG-LS SOF 60000^2, deflate 300/600 MB,
                       raw 40000^2, a data set over max_instance_mb), MB (VmHWM)
   stalled             seconds until a real caller (dcmtk echoscu) gets a C-ECHO through while
@@ -63,7 +64,7 @@ def main() -> None:
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="cephnode-hostile-") as tmpdir:
         tmp = Path(tmpdir)
-        limits = {"max_instance_mb": 64}
+        limits = {"max_instance_mb": 16}
         listen = {"max_associations": 10}
         # -- bombs alone: peak RSS
         with _node(tmp / "bombs", limits, listen) as node:

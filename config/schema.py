@@ -236,6 +236,9 @@ class ProcessingConfig(_Strict):
 class LimitsConfig(_Strict):
     """Resource bounds against broken or hostile peers and files (docs/node.md, "Bounds").
     Kept in their own section so that each bound is stated in one place."""
+    # A new connection's A-ASSOCIATE-RQ must arrive whole within this; until it has, the
+    # connection holds no association slot.
+    request_timeout_s: float = Field(default=10.0, gt=0, le=600)
     # A PDU must arrive whole within this (a stalled or slow-drip peer frees its slot).
     pdu_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     # The TLS handshake of an accepted connection (in the connection's thread, not the accept loop).

@@ -48,10 +48,11 @@ class BoundedSocket(AssociationSocket):
     limits: LimitsConfig
     max_pdata: int
 
-    def _init_bounds(self, limits: LimitsConfig, max_pdata: int, peer: str) -> None:
+    def _init_bounds(self, limits: LimitsConfig, max_pdata: int, peer: str, first_pdu: bytes = b"") -> None:
         self.limits = limits
         self.max_pdata = max_pdata
         self.peer = peer
+        self._first = first_pdu       # the A-ASSOCIATE-RQ, already read by the handler
         self._body: bytes | None = None
         self._data_bytes = 0          # data set bytes of the C-STORE being received
         self._dropping = False        # over the instance limit: fragments are dropped
@@ -62,7 +63,16 @@ class BoundedSocket(AssociationSocket):
         value, self.oversize_bytes = self.oversize_bytes, None
         return value
 
+    @property
+    def ready(self) -> bool:
+        if self._first or self._body is not None:
+            return True
+        return super().ready
+
     def recv(self, nr_bytes: int) -> bytearray:
+        if self._first:                  # the request read before the association existed
+            header, self._body, self._first = self._first[:6], self._first[6:], b""
+            return bytearray(header)
         if self._body is not None:       # the DUL's second read: the body we already have
             body, self._body = self._body, None
             if len(body) != nr_bytes:
@@ -168,6 +178,16 @@ class BoundedRequestHandler(RequestHandler):
                     pass
                 return
             self.request = sock
+        # The A-ASSOCIATE-RQ is read here, before pynetdicom creates the association: a
+        # connection that stalls before its request never occupies an association slot
+        # (pynetdicom counts every acceptor thread against max_associations).
+        self._first_pdu = _read_request(sock, limits.request_timeout_s, peer)
+        if self._first_pdu is None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+            return
         sock.settimeout(limits.pdu_timeout_s)
         super().handle()
 
@@ -176,8 +196,40 @@ class BoundedRequestHandler(RequestHandler):
         sock = assoc.dul.socket
         sock.__class__ = BoundedSocket
         sock._init_bounds(self.server.limits, int(self.ae.maximum_pdu_size or 2**32 - 1),
-                          str(self.client_address[0]))
+                          str(self.client_address[0]), getattr(self, "_first_pdu", b""))
         return assoc
+
+
+def _read_request(sock: Any, timeout_s: float, peer: str) -> bytes | None:
+    """The first PDU, whole, within timeout_s; None (logged) when it is not an
+    A-ASSOCIATE-RQ of a sane size or does not arrive in time."""
+    deadline = time.monotonic() + timeout_s
+    buf = bytearray()
+    need = 6
+    while len(buf) < need:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning("connection_refused", peer_host=peer,
+                        reason=f"no complete A-ASSOCIATE-RQ within {timeout_s:g} s ({len(buf)} bytes)")
+            return None
+        try:
+            sock.settimeout(left)
+            chunk = sock.recv(min(65536, need - len(buf)))
+        except (socket.timeout, TimeoutError):
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        buf.extend(chunk)
+        if need == 6 and len(buf) >= 6:
+            pdu_type, _, length = struct.unpack(">BBL", bytes(buf[:6]))
+            if pdu_type != 0x01 or length > MAX_OTHER_PDU:
+                log.warning("connection_refused", peer_host=peer,
+                            reason=f"first PDU is type 0x{pdu_type:02x} of {length} bytes, not an A-ASSOCIATE-RQ")
+                return None
+            need = 6 + length
+    return bytes(buf)
 
 
 class BoundedServer(ThreadedAssociationServer):

@@ -194,7 +194,7 @@ def generate(img: np.ndarray, *, seed: int = 1099, only: set[str] | None = None)
     # -- bad UIDs: path tricks, newlines, 60 KB of digits, letters
     if want('bad UIDs'):
         bad_uids = ["../../../../etc/passwd", "1.2.3\n{\"event\": \"forged\"}", "1." + "9" * 60000,
-                    "1.2.abc.4", "1..2", "", "1.2.840.10008.1.2.01", "1.2.3 "]
+                    "1.2.abc.4", "1..2", "", "1.2.840.10008.1.2.01", "1.2.-3"]
         for k, bad in enumerate(bad_uids):
             for kw in ("StudyInstanceUID", "SeriesInstanceUID"):
                 ds = _base(img, "plain", 600 + 2 * k + (kw == "SeriesInstanceUID"))
