@@ -11,7 +11,7 @@ Prints one JSON object:
   stalled             seconds until a real caller (dcmtk echoscu) gets a C-ECHO through while
                       12 partial-PDU sockets and N silent ones are held open by the attacker;
                       the node's limits (pdu_timeout_s, acse_timeout_s) are printed beside it
-Usage: .venv/bin/python bench/bench_hostile.py [--skip-fuzz] [--silent 0]
+Usage: .venv/bin/python bench/bench_hostile.py [--skip-fuzz] [--stalled 12] [--silent 0]
 """
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def main() -> None:
             report["stalled"] = {"partial_pdu_sockets": args.stalled, "silent_sockets": args.silent,
                                  "held_open_by_attacker": still_open_by_attacker,
                                  "seconds_until_real_caller_served": round(served, 2),
-                                 "pdu_timeout_s": 30, "acse_timeout_s": 30, "max_associations": 10}
+                                 "limits": "defaults: request_timeout_s 10, pdu_timeout_s 30, acse_timeout_s 30",
+                                 "max_associations": 10}
             node.terminate()
         if not args.skip_fuzz:
             with _node(tmp / "fuzz", {"max_instance_mb": 16}, listen) as node:

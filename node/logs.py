@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import traceback
 import warnings
 from typing import Any
@@ -142,6 +143,15 @@ def configure(level: str = "INFO", fmt: str = "json", log_phi: bool = False, str
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.captureWarnings(True)
     warnings.simplefilter("default")   # each distinct warning once per place, not once per image
+    # An exception no one caught (in any thread) is an event too, not a raw traceback on stderr.
+    threading.excepthook = _thread_excepthook
+
+
+def _thread_excepthook(args) -> None:
+    if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+        structlog.get_logger("cephnode").error(
+            "thread_crashed", thread=getattr(args.thread, "name", None),
+            exception=sanitize_traceback(args.exc_value))
 
 
 def phi_fields(ds: Any) -> dict[str, str]:

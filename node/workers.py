@@ -65,7 +65,7 @@ def _child_main(cfg: NodeConfig, conn: Connection, name: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the parent's to handle
     from node import logs
 
-    logs.configure(cfg.logging.level, cfg.logging.format, cfg.logging.log_phi)
+    logs.configure(cfg.logging.level, cfg.logging.format, cfg.logging.log_phi, stream=_capture_native_stderr())
     clog = logs.get_logger("cephnode.worker").bind(worker=name, pid=os.getpid())
     try:
         from node.processing import Processor
@@ -96,6 +96,29 @@ def _child_main(cfg: NodeConfig, conn: Connection, name: str) -> None:
 def _providers(pipeline: Any) -> set[str]:
     """ONNX Runtime providers in use, over every model of the pack."""
     return {p for names in dict(pipeline.providers).values() for p in names}
+
+
+def _capture_native_stderr():
+    """Native code writes to file descriptor 2 directly (a Rust panic prints "thread panicked
+    at ..."; C libraries print warnings). In a worker, fd 2 becomes a pipe whose lines are
+    logged as `native_stderr` events (sanitised, capped), so the log stays one JSON object
+    per line; the worker's own log events go to a duplicate of the real stderr."""
+    from node.logs import get_logger, sanitize_error
+
+    real = os.fdopen(os.dup(2), "w", buffering=1, errors="replace")
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    nlog = get_logger("cephnode.worker")
+
+    def pump() -> None:
+        with os.fdopen(read_fd, "r", errors="replace") as lines:
+            for line in lines:
+                if line.strip():
+                    nlog.warning("native_stderr", pid=os.getpid(), message=sanitize_error(line.rstrip("\n"), 500))
+
+    threading.Thread(target=pump, name="cephnode-stderr", daemon=True).start()
+    return real
 
 
 def _apply_memory_limit(cfg: NodeConfig, pipeline: Any) -> int | None:

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import struct
 import threading
 import time
 
-import numpy as np
-import pydicom
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from tests.support import dicomgen, fuzz
 from tests.support.dcmtk import echoscu, storescu

@@ -22,8 +22,6 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLSLossless,
     RLELossless,
     generate_uid,
 )
@@ -177,7 +175,6 @@ def generate(img: np.ndarray, *, seed: int = 1099, only: set[str] | None = None)
         for k, mb in enumerate([300, 600]):
             b = dicomgen.make_dx(np.zeros((64, 64), np.uint8))
             b.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-            body = bytearray(_bytes(dicomgen.make_dx(np.zeros((64, 64), np.uint8)))[_meta_end(_bytes(b)):])
             comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
             payload = struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, mb * 2**20)
             deflated = comp.compress(payload)
