@@ -44,7 +44,7 @@ def make_dicom(path: Path) -> Path:
     import cv2
 
     from tests.support.dicomgen import make_dx
-    from training import isbi
+    from cephnode.training import isbi
 
     case = isbi.load_cases("test1")[0]
     grey = cv2.imread(str(case.image_path), cv2.IMREAD_GRAYSCALE)
@@ -55,7 +55,7 @@ def make_dicom(path: Path) -> Path:
 
 
 def worker(pack: str, images: list[str], dicom: str, dicom_runs: int, threads: int | None) -> dict:
-    from inference.pipeline import Pipeline
+    from cephnode.inference.pipeline import Pipeline
 
     t0 = time.perf_counter()
     pipe = Pipeline.load(pack, device="cpu", threads=threads)
@@ -93,9 +93,9 @@ def main() -> None:
         print(json.dumps(worker(args.worker, p["images"], p["dicom"], p["dicom_runs"], p["threads"])))
         return
 
-    from inference.pack import default_pack_dir
+    from cephnode.inference.pack import default_pack_dir
     from tests.support.standin import ensure_published_standin
-    from training import isbi
+    from cephnode.training import isbi
 
     images = [str(c.image_path) for c in isbi.load_cases("test1", exclude_duplicates=True)[: args.images]]
     packs = {}

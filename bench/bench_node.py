@@ -30,7 +30,7 @@ from pydicom.uid import generate_uid  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # noqa: E402
 
-from dicom_io.uids import derived_uid  # noqa: E402
+from cephnode.dicom_io.uids import derived_uid  # noqa: E402
 from tests.support import dicomgen  # noqa: E402
 from tests.support.nodeproc import make_node, test_model_pack  # noqa: E402
 from tests.support.orthanc import free_port, start_orthanc  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> int:
                         break
                     time.sleep(1.0)
                 rss = peak_rss_mb(node.process.pid)
-                from inference.pack import load_pack
+                from cephnode.inference.pack import load_pack
 
                 version = load_pack(pack).version
                 with sqlite3.connect(node.db_path) as db:

@@ -42,10 +42,10 @@ def make_case(case_id: str, size: str, folder: Path):
     """(path of the saved source DX, InferenceResult from the real annotation)."""
     import cv2
 
-    from cephalometry.annotations import result_from_points
-    from inference.landmarks import ISBI_19
+    from cephnode.cephalometry.annotations import result_from_points
+    from cephnode.inference.landmarks import ISBI_19
     from tests.support.dicomgen import make_dx, read_grey
-    from training import isbi
+    from cephnode.training import isbi
 
     case = next(c for c in isbi.load_cases() if c.case_id == case_id)
     img = read_grey(case.image_path)
@@ -77,10 +77,10 @@ def bench_size(path: Path, result, runs: int) -> dict:
 
     import pydicom
 
-    from cephalometry.analysis import analyse
-    from cephalometry.tracing import NothingTraced
-    from dicom_io.outputs import _BUILDERS, OUTPUT_KINDS, build_outputs, instance_uid, series_uid
-    from dicom_io.pixels import read_dicom_image
+    from cephnode.cephalometry.analysis import analyse
+    from cephnode.cephalometry.tracing import NothingTraced
+    from cephnode.dicom_io.outputs import _BUILDERS, OUTPUT_KINDS, build_outputs, instance_uid, series_uid
+    from cephnode.dicom_io.pixels import read_dicom_image
 
     def node_source():
         ds = pydicom.dcmread(path)

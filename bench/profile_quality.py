@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.landmarks import ISBI_19  # noqa: E402
-from inference.profile import StageFailure, analyse_profile, profile_mask  # noqa: E402
-from training import cache, isbi  # noqa: E402
+from cephnode.inference.landmarks import ISBI_19  # noqa: E402
+from cephnode.inference.profile import StageFailure, analyse_profile, profile_mask  # noqa: E402
+from cephnode.training import cache, isbi  # noqa: E402
 
 IX = {n: i for i, n in enumerate(ISBI_19)}
 POINTS = ("Sn", "UL", "LL", "Pog_soft")
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     lms = {str(ds.ids[i]): ds.landmarks[i] for i in sel}
     masks: dict[str, np.ndarray] = {}
     if args.labels:
-        from training.labels import derive_profile_mask
+        from cephnode.training.labels import derive_profile_mask
         for i in sel:
             masks[str(ds.ids[i])] = derive_profile_mask(ds.images[i], ds.landmarks[i])
     else:

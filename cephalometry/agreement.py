@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cephalometry.analysis import Analysis, analyse
-from cephalometry.annotations import result_from_points
-from inference.landmarks import ISBI_19
+from cephnode.cephalometry.analysis import Analysis, analyse
+from cephnode.cephalometry.annotations import result_from_points
+from cephnode.inference.landmarks import ISBI_19
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def classification_agreement(pairs: list[tuple[Analysis, Analysis]]) -> dict[str
 
 def isbi_pairs(cases) -> list[tuple[Analysis, Analysis]]:
     """Analyses of each ISBI case from the senior and from the junior annotator."""
-    from training import isbi
+    from cephnode.training import isbi
 
     spacing = isbi.pixel_spacing_mm()
     out = []
@@ -92,7 +92,7 @@ def markdown(rows: list[AgreementRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training import isbi
+    from cephnode.training import isbi
 
     argv = sys.argv[1:] if argv is None else argv
     pairs = isbi_pairs(isbi.load_cases(exclude_duplicates=True))

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from cephalometry.frame import (
+from cephnode.cephalometry.frame import (
     DegenerateGeometry,
     MeasuringFrame,
     MissingLandmark,
@@ -24,7 +24,7 @@ from cephalometry.frame import (
     line_intersection,
     signed_distance,
 )
-from inference.result import InferenceResult
+from cephnode.inference.result import InferenceResult
 
 UNITS = {"angle": "deg", "distance": "mm", "ratio": "%"}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from inference.landmarks import CANONICAL_25
-from inference.result import InferenceResult, Landmark, Orientation, Stage0Diagnostics
+from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.inference.result import InferenceResult, Landmark, Orientation, Stage0Diagnostics
 
 
 def result_from_points(

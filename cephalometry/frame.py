@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference.result import InferenceResult
+from cephnode.inference.result import InferenceResult
 
 # Landmark groups used only to tell which way the face looks and which way is down.
 ANTERIOR = ("N", "A", "ANS", "Pog", "Prn", "UL", "LL", "Sn", "Pog_soft", "B", "U1_tip", "L1_tip")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inference.result import InferenceResult
+from cephnode.inference.result import InferenceResult
 
 # structure key -> (display name, landmarks it passes through, in drawing order)
 STRUCTURES: dict[str, tuple[str, tuple[str, ...]]] = {

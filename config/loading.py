@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from config.schema import ClientTls, NodeConfig, ServerTls
+from cephnode.config.schema import ClientTls, NodeConfig, ServerTls
 
 ENV_TLS_KEY_PASSWORD = "CEPHNODE_TLS_KEY_PASSWORD"
 ENV_RETURN_KEY_PASSWORD = "CEPHNODE_RETURN_KEY_PASSWORD"

@@ -12,7 +12,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from inference.landmarks import CANONICAL_25, FULL_NAMES
+from cephnode.inference.landmarks import CANONICAL_25, FULL_NAMES
 
 SCHEME = "99CEPHNODE"
 SCHEME_NAME = "cephnode private cephalometric codes"

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_result(path: Path, source: pydicom.Dataset):
-    from inference.result import InferenceResult
+    from cephnode.inference.result import InferenceResult
 
     data = json.loads(path.read_text())
     if isinstance(data, list):
@@ -41,9 +41,9 @@ def _load_result(path: Path, source: pydicom.Dataset):
 def cmd_report(args: argparse.Namespace) -> int:
     import cv2
 
-    from cephalometry.analysis import analyse
-    from dicom_io.outputs import build_outputs, parse_kinds
-    from dicom_io.pixels import PixelDataError, read_dicom_image
+    from cephnode.cephalometry.analysis import analyse
+    from cephnode.dicom_io.outputs import build_outputs, parse_kinds
+    from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 
     try:
         kinds = parse_kinds(args.kinds)
@@ -64,8 +64,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = _load_result(args.result, source)
         pack_name, pack_version = result.pack_name, result.pack_version
     else:
-        from inference.pack import PackError
-        from inference.pipeline import Pipeline
+        from cephnode.inference.pack import PackError
+        from cephnode.inference.pipeline import Pipeline
 
         try:
             pipeline = Pipeline.load(args.models, device=args.device, threads=args.threads)

@@ -13,10 +13,10 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from cephalometry.analysis import Analysis, Measurement
-from cephalometry.tracing import reference_lines, traced_structures
-from dicom_io.uids import derived_uid
-from inference.result import InferenceResult
+from cephnode.cephalometry.analysis import Analysis, Measurement
+from cephnode.cephalometry.tracing import reference_lines, traced_structures
+from cephnode.dicom_io.uids import derived_uid
+from cephnode.inference.result import InferenceResult
 
 MANUFACTURER = "cephnode"
 PIXEL = hd.pr.AnnotationUnitsValues.PIXEL

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 import structlog
 from pydicom.dataset import Dataset
 
-from cephalometry.analysis import Analysis, analyse
-from cephalometry.tracing import NothingTraced
-from dicom_io.pixels import DicomImage
-from dicom_io.uids import derived_uid
-from inference.result import InferenceResult
+from cephnode.cephalometry.analysis import Analysis, analyse
+from cephnode.cephalometry.tracing import NothingTraced
+from cephnode.dicom_io.pixels import DicomImage
+from cephnode.dicom_io.uids import derived_uid
+from cephnode.inference.result import InferenceResult
 
 log = structlog.get_logger(__name__)
 
@@ -25,10 +25,10 @@ OUTPUT_KINDS: tuple[str, ...] = ("sr", "seg", "gsps", "sc")
 # kind -> (module, builder function, series number, draws the source's pixels). Builders are
 # imported when first used, so a destination that wants only the SR does not load the drawing code.
 _BUILDERS: dict[str, tuple[str, str, int, bool]] = {
-    "sr": ("dicom_io.sr", "build_sr", 9001, False),
-    "seg": ("dicom_io.seg", "build_seg", 9002, False),
-    "gsps": ("dicom_io.gsps", "build_gsps", 9003, False),
-    "sc": ("dicom_io.tracing_sheet", "build_tracing_sheet", 9004, True),
+    "sr": ("cephnode.dicom_io.sr", "build_sr", 9001, False),
+    "seg": ("cephnode.dicom_io.seg", "build_seg", 9002, False),
+    "gsps": ("cephnode.dicom_io.gsps", "build_gsps", 9003, False),
+    "sc": ("cephnode.dicom_io.tracing_sheet", "build_tracing_sheet", 9004, True),
 }
 assert tuple(_BUILDERS) == OUTPUT_KINDS
 

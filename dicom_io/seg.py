@@ -11,11 +11,11 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from cephalometry.analysis import Analysis
-from cephalometry.tracing import NothingTraced, TracedStructure, traced_structures
-from dicom_io import codes
-from dicom_io.uids import derived_uid
-from inference.result import InferenceResult
+from cephnode.cephalometry.analysis import Analysis
+from cephnode.cephalometry.tracing import NothingTraced, TracedStructure, traced_structures
+from cephnode.dicom_io import codes
+from cephnode.dicom_io.uids import derived_uid
+from cephnode.inference.result import InferenceResult
 
 BAND_MM = 1.0
 BAND_PX_WITHOUT_SPACING = 5

@@ -40,11 +40,11 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
-from cephalometry.analysis import Analysis
-from cephalometry.analysis import Measurement as CephMeasurement
-from dicom_io import codes
-from dicom_io.uids import derived_uid
-from inference.result import InferenceResult, Landmark
+from cephnode.cephalometry.analysis import Analysis
+from cephnode.cephalometry.analysis import Measurement as CephMeasurement
+from cephnode.dicom_io import codes
+from cephnode.dicom_io.uids import derived_uid
+from cephnode.inference.result import InferenceResult, Landmark
 
 PIXEL_CORNER_OFFSET = 0.5
 MANUFACTURER = "cephnode"

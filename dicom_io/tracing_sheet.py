@@ -12,10 +12,10 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from cephalometry.analysis import Analysis, Measurement
-from cephalometry.tracing import reference_lines, traced_structures
-from dicom_io.pixels import DicomImage, read_dicom_image
-from inference.result import InferenceResult
+from cephnode.cephalometry.analysis import Analysis, Measurement
+from cephnode.cephalometry.tracing import reference_lines, traced_structures
+from cephnode.dicom_io.pixels import DicomImage, read_dicom_image
+from cephnode.inference.result import InferenceResult
 
 MANUFACTURER = "cephnode"
 MAX_IMAGE_HEIGHT = 1600          # px of the radiograph on the sheet

@@ -7,8 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from inference.landmarks import CANONICAL_25
-from inference.pack import MANIFEST, REPO_ROOT, PackError, default_pack_dir, load_pack
+from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.models import models_root
+from cephnode.inference.pack import MANIFEST, PackError, default_pack_dir, load_pack
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,16 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = m.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True
     ml = msub.add_parser("list", help="model packs under models/ (and $CEPHNODE_MODELS)")
-    ml.add_argument("--root", type=Path, default=REPO_ROOT / "models")
+    ml.add_argument("--root", type=Path, default=models_root())
     ml.set_defaults(func=cmd_models_list)
     mv = msub.add_parser("verify", help="check sizes, checksums and ONNX shapes of a pack")
     mv.add_argument("pack", nargs="?", type=Path, default=None)
     mv.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "tensorrt"))
     mv.set_defaults(func=cmd_models_verify)
-    from inference.fetch import DEFAULT_REPO_ID, DEFAULT_REVISION
+    from cephnode.inference.fetch import DEFAULT_REPO_ID, DEFAULT_REVISION
 
     mf = msub.add_parser("fetch", help="download the published CephTrace v4 weights (CC BY-NC-SA 4.0)")
-    mf.add_argument("--dest", type=Path, default=REPO_ROOT / "models" / "cephtrace-v4")
+    mf.add_argument("--dest", type=Path, default=models_root() / "cephtrace-v4")
     mf.add_argument("--repo-id", default=DEFAULT_REPO_ID)
     mf.add_argument("--revision", default=DEFAULT_REVISION)
     mf.add_argument("--endpoint", default=None, help="hub URL (default: $HF_ENDPOINT or huggingface.co)")
@@ -58,9 +59,9 @@ def _table(result) -> str:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from inference.imageio import ImageError, read_file
-    from inference.overlay import write_overlay
-    from inference.pipeline import Pipeline
+    from cephnode.inference.imageio import ImageError, read_file
+    from cephnode.inference.overlay import write_overlay
+    from cephnode.inference.pipeline import Pipeline
 
     try:
         pipe = Pipeline.load(args.models, device=args.device, threads=args.threads)
@@ -125,7 +126,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_verify(args: argparse.Namespace) -> int:
-    from inference.sessions import ModelSessions
+    from cephnode.inference.sessions import ModelSessions
 
     try:
         pack = load_pack(args.pack)
@@ -147,7 +148,7 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
-    from inference.fetch import FetchError, fetch_published
+    from cephnode.inference.fetch import FetchError, fetch_published
 
     try:
         dest = fetch_published(args.dest, repo_id=args.repo_id, revision=args.revision, endpoint=args.endpoint)

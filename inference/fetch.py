@@ -11,9 +11,9 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
-from inference import contract
-from inference.landmarks import CANONICAL_25
-from inference.pack import PUBLISHED_NAME, sha256_file, write_manifest
+from cephnode.inference import contract
+from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.inference.pack import PUBLISHED_NAME, sha256_file, write_manifest
 
 DEFAULT_REPO_ID = os.environ.get("CEPHNODE_HUB_REPO", "CephTrace/cephtrace-v4")
 DEFAULT_REVISION = os.environ.get("CEPHNODE_HUB_REVISION", "main")

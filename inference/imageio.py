@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.geometry import WORK
+from cephnode.inference.geometry import WORK
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -127,7 +127,7 @@ def normalise_input(image: np.ndarray) -> Normalised:
 def thumbnail(n: Normalised, size: int = 64) -> np.ndarray:
     """Orientation detection's input: the central 84 % of the image (original pose), area-
     averaged to size x size grey float32, straight from the native pixels."""
-    from inference.orientation import central_crop
+    from cephnode.inference.orientation import central_crop
 
     core = central_crop(n.pixels)
     # Striding first keeps a full-size detector image cheap: ~4 x size samples per side are
@@ -202,7 +202,7 @@ def read_file(path: str | Path) -> FileImage:
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     if _is_dicom(path):
-        from dicom_io.pixels import read_dicom_image    # pydicom only when a DICOM file comes in
+        from cephnode.dicom_io.pixels import read_dicom_image    # pydicom only when a DICOM file comes in
 
         try:
             di = read_dicom_image(path)

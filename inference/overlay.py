@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.result import InferenceResult
+from cephnode.inference.result import InferenceResult
 
 # BGR
 LEVEL_COLOURS = {"high": (60, 200, 60), "medium": (0, 200, 255), "low": (60, 60, 255)}

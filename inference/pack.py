@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from inference import contract
-from inference.landmarks import CANONICAL_25
+from cephnode import models
+from cephnode.inference import contract
+from cephnode.inference.landmarks import CANONICAL_25
 
 MANIFEST = "pack.json"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED_NAME = "cephtrace-v4-published"
 PM_NOTE = "unvalidated: no public data set labels Pm; the published code puts it on the soft-tissue chin-lip inflection"
 # A valid ONNX file is a protobuf; anything shorter than this cannot hold a usable graph.
@@ -55,8 +55,9 @@ class ModelPack:
 
 
 def default_pack_dir() -> Path:
+    """$CEPHNODE_MODELS, else the pack embedded in the package (models/default in a checkout)."""
     env = os.environ.get("CEPHNODE_MODELS")
-    return Path(env) if env else REPO_ROOT / "models" / "default"
+    return Path(env) if env else models.default_pack_dir()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

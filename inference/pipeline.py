@@ -21,19 +21,19 @@ from typing import Iterator, Sequence
 import numpy as np
 import structlog
 
-from inference import contract
-from inference.anchors import find_anchors, work_px_per_mm
-from inference.decode import decode_heatmaps
-from inference.geometry import WORK, from_work, heat_to_work
-from inference.imageio import WorkImage, normalise_input, read_file, thumbnail, work_image
-from inference.landmarks import CANONICAL_25, INDEX, confidence_level
-from inference.orientation import detect_pose, inverse_points, pose_from_patient_orientation
-from inference.pack import ModelPack, load_pack
-from inference.priors import anchor_vector, attention_maps, derived_points
-from inference.profile import StageFailure, analyse_profile, profile_mask, zone_boxes
-from inference.result import InferenceResult, Landmark, Orientation, Stage0Diagnostics
-from inference.sessions import ModelSessions
-from inference.zones import PRIMARY, band_midline, run_zones
+from cephnode.inference import contract
+from cephnode.inference.anchors import find_anchors, work_px_per_mm
+from cephnode.inference.decode import decode_heatmaps
+from cephnode.inference.geometry import WORK, from_work, heat_to_work
+from cephnode.inference.imageio import WorkImage, normalise_input, read_file, thumbnail, work_image
+from cephnode.inference.landmarks import CANONICAL_25, INDEX, confidence_level
+from cephnode.inference.orientation import detect_pose, inverse_points, pose_from_patient_orientation
+from cephnode.inference.pack import ModelPack, load_pack
+from cephnode.inference.priors import anchor_vector, attention_maps, derived_points
+from cephnode.inference.profile import StageFailure, analyse_profile, profile_mask, zone_boxes
+from cephnode.inference.result import InferenceResult, Landmark, Orientation, Stage0Diagnostics
+from cephnode.inference.sessions import ModelSessions
+from cephnode.inference.zones import PRIMARY, band_midline, run_zones
 
 log = structlog.get_logger("cephnode.inference")
 

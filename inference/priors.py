@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.geometry import HEAT, WORK, rescale
-from inference.landmarks import ANCHOR_ORDER, CANONICAL_25, DERIVED_ORDER, PRIOR_SIGMA_256
+from cephnode.inference.geometry import HEAT, WORK, rescale
+from cephnode.inference.landmarks import ANCHOR_ORDER, CANONICAL_25, DERIVED_ORDER, PRIOR_SIGMA_256
 
 SIGMAS_256 = np.array([PRIOR_SIGMA_256[n] for n in CANONICAL_25], dtype=np.float64)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from inference.geometry import WORK
+from cephnode.inference.geometry import WORK
 
 MIN_PROFILE_PIXELS = 50
 PAD = 51                      # zone padding p

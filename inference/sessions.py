@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from inference import contract
-from inference.pack import ModelPack, PackError
+from cephnode.inference import contract
+from cephnode.inference.pack import ModelPack, PackError
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 

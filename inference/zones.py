@@ -6,8 +6,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from inference import contract
-from inference.profile import CLAHE
+from cephnode.inference import contract
+from cephnode.inference.profile import CLAHE
 
 ZONE_SPECS = {"z1": contract.ZONE1, "z2": contract.ZONE2, "z3": contract.ZONE3, "z4": contract.ZONE4}
 PRIMARY = ("cranial_base", "mandibular_border", "palatal_plane", "mandibular_symphysis")

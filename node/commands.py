@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from config.loading import ConfigError, load_config
+from cephnode.config.loading import ConfigError, load_config
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "example.toml"
 
@@ -63,8 +63,8 @@ def register(sub) -> None:
 
 # ---- commands -----------------------------------------------------------------------
 def cmd_serve(args) -> int:
-    from node import logs
-    from node.service import NodeService
+    from cephnode.node import logs
+    from cephnode.node.service import NodeService
 
     cfg = _config(args)
     logs.configure(cfg.logging.level, cfg.logging.format, cfg.logging.log_phi)
@@ -78,7 +78,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from node.jobstore import JobStore
+    from cephnode.node.jobstore import JobStore
 
     cfg = _config(args)
     if not Path(cfg.storage.db).exists():
@@ -121,7 +121,7 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_retry(args) -> int:
-    from node.jobstore import JobStore
+    from cephnode.node.jobstore import JobStore
 
     cfg = _config(args)
     store = JobStore(cfg.storage.db)
@@ -141,7 +141,7 @@ def cmd_echo(args) -> int:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    from node.delivery import client_ssl_context
+    from cephnode.node.delivery import client_ssl_context
 
     cfg = _config(args)
     dest = next((d for d in cfg.destinations if d.name == args.peer), None)

@@ -15,9 +15,9 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from config.schema import ClientTls, NodeConfig
-from node.jobstore import Delivery, JobStore
-from node.logs import get_logger
+from cephnode.config.schema import ClientTls, NodeConfig
+from cephnode.node.jobstore import Delivery, JobStore
+from cephnode.node.logs import get_logger
 
 log = get_logger("cephnode.delivery")
 

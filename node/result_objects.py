@@ -15,7 +15,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from node.logs import get_logger
+from cephnode.node.logs import get_logger
 
 log = get_logger("cephnode.result_objects")
 
@@ -28,8 +28,8 @@ class ResultObjects:
 
 def build_result_objects(source: Dataset, result: Any, *, kinds: list[str], pack: Any,
                          image: Any = None) -> ResultObjects:
-    from cephalometry.analysis import analyse
-    from dicom_io.outputs import build_outputs
+    from cephnode.cephalometry.analysis import analyse
+    from cephnode.dicom_io.outputs import build_outputs
 
     out = ResultObjects()
     analysis = analyse(result)

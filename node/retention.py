@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.jobstore import JobStore
+from cephnode.node.jobstore import JobStore
 
 DAY_S = 86400.0
 

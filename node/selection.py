@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from config.schema import SelectionRules
+from cephnode.config.schema import SelectionRules
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from cephalometry.analysis import DEFINITIONS, analyse
-from cephalometry.annotations import result_from_points
-from inference.landmarks import CANONICAL_25
+from cephnode.cephalometry.analysis import DEFINITIONS, analyse
+from cephnode.cephalometry.annotations import result_from_points
+from cephnode.inference.landmarks import CANONICAL_25
 
 # A plausible face looking RIGHT (x grows anteriorly, y downwards), in pixels of a 0.1 mm grid.
 FACE_RIGHT = {

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cephalometry.agreement import agreement_table, isbi_pairs, markdown
-from inference.landmarks import UNLABELLED
-from training import isbi
+from cephnode.cephalometry.agreement import agreement_table, isbi_pairs, markdown
+from cephnode.inference.landmarks import UNLABELLED
+from cephnode.training import isbi
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_inter_observer_differences_are_of_the_size_the_literature_reports(table
 
 
 def test_the_annotators_usually_but_not_always_agree_on_the_classification(pairs):
-    from cephalometry.agreement import classification_agreement
+    from cephnode.cephalometry.agreement import classification_agreement
 
     agreement = classification_agreement(pairs)
     assert set(agreement) == {"Skeletal class (ANB)", "Vertical pattern (FMA)", "Vertical pattern (SN-MP)",

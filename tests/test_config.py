@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from config.loading import ConfigError, destination_password_env, load_config
-from config.schema import NodeConfig
+from cephnode.config.loading import ConfigError, destination_password_env, load_config
+from cephnode.config.schema import NodeConfig
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.toml"
@@ -28,7 +28,7 @@ def test_example_file_is_valid_and_documents_every_key():
         sub = model.annotation
         fields = getattr(sub, "model_fields", None)
         if fields is None:  # destinations: a list of Destination
-            from config.schema import Destination
+            from cephnode.config.schema import Destination
             fields = Destination.model_fields
         for key in fields:
             assert key in text, f"{section}.{key} missing from example.toml"

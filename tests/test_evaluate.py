@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.landmarks import ISBI_19
-from training import evaluate, isbi
+from cephnode.inference.landmarks import ISBI_19
+from cephnode.training import evaluate, isbi
 
 
 def test_radial_error_uses_row_and_column_spacing_separately():
@@ -43,7 +43,7 @@ def test_metrics_per_landmark_and_overall():
 
 
 def test_ablation_table_lists_both_arms():
-    from training.commands import ablation_table
+    from cephnode.training.commands import ablation_table
 
     rep = {"stage1": {"overall": {"mre_mm": 2.0, "sd_mm": 1.0, "sdr": {"2": 0.5, "2.5": 0.6, "3": 0.7, "4": 0.9}}},
            "images": 148}
@@ -52,7 +52,7 @@ def test_ablation_table_lists_both_arms():
 
 
 def test_evaluate_command_on_real_test_images_with_the_default_pack(tmp_path):
-    from node.cli import main
+    from cephnode.node.cli import main
 
     assert main(["evaluate", "--split", "test1", "--limit", "3", "--threads", "1", "--device", "cpu",
                  "--out", str(tmp_path)]) == 0

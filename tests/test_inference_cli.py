@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inference import contract
-from inference.pack import PUBLISHED_NAME, load_pack
+from cephnode.inference import contract
+from cephnode.inference.pack import PUBLISHED_NAME, load_pack
 from tests.support.standin import build_standin_pack
-from training import isbi
+from cephnode.training import isbi
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def cephnode(*args, env=None, check=True):
     e = dict(os.environ)
     e.update(env or {})
     e.setdefault("PYTHONPATH", str(REPO))
-    p = subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], cwd=REPO, env=e,
+    p = subprocess.run([sys.executable, "-m", "cephnode", *map(str, args)], cwd=REPO, env=e,
                        capture_output=True, text=True, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"cephnode {args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")

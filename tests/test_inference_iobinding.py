@@ -11,12 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from inference import contract
-from inference.pack import default_pack_dir, load_pack
-from inference.pipeline import Pipeline
-from inference.sessions import ModelSessions, binding_device
+from cephnode.inference import contract
+from cephnode.inference.pack import default_pack_dir, load_pack
+from cephnode.inference.pipeline import Pipeline
+from cephnode.inference.sessions import ModelSessions, binding_device
 from tests.support.standin import build_standin_pack
-from training import isbi
+from cephnode.training import isbi
 
 CPU = ["CPUExecutionProvider"]
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]

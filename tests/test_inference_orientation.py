@@ -6,17 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.orientation import (POSES, detect_pose, forward_points, inverse_points,
+from cephnode.inference.orientation import (POSES, detect_pose, forward_points, inverse_points,
                                    pose_from_patient_orientation, to_canonical)
 from tests.support.standin import build_standin_pack
-from training import isbi
+from cephnode.training import isbi
 
 BOLTON = isbi.samples_dir() / "bolton_brush_B1893L12_lateral.jpg"
 
 
 def _detect(grey):
     """Detection the way the pipeline runs it: on a 64 x 64 thumbnail of the input."""
-    from inference.imageio import normalise_input, thumbnail
+    from cephnode.inference.imageio import normalise_input, thumbnail
     return detect_pose(thumbnail(normalise_input(grey)), cropped_64=True)
 
 
@@ -99,7 +99,7 @@ def test_detects_the_rotated_bolton_film():
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    from inference.pipeline import Pipeline
+    from cephnode.inference.pipeline import Pipeline
     root = build_standin_pack(tmp_path_factory.mktemp("pack"), kind="small")
     return Pipeline.load(root, threads=1)
 
@@ -132,7 +132,7 @@ def test_dicom_patient_orientation_beats_image_detection(pipeline):
 
 
 def test_full_size_16bit_working_image_is_the_same_in_every_stored_pose():
-    from inference.imageio import normalise_input, work_image
+    from cephnode.inference.imageio import normalise_input, work_image
     grey = cv2.imread(str(isbi.load_cases("train")[7].image_path), cv2.IMREAD_GRAYSCALE)
     big = cv2.resize(grey, (2000, 2500), interpolation=cv2.INTER_CUBIC).astype(np.uint16) * 250
     ref = work_image(normalise_input(big)).grey

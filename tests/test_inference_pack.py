@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from inference import contract
-from inference.landmarks import CANONICAL_25
-from inference.pack import PUBLISHED_NAME, PackError, default_pack_dir, load_pack, write_manifest
-from inference.sessions import ModelSessions
+from cephnode.inference import contract
+from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.inference.pack import PUBLISHED_NAME, PackError, default_pack_dir, load_pack, write_manifest
+from cephnode.inference.sessions import ModelSessions
 from tests.support.standin import build_standin_pack
 
 
@@ -134,7 +134,7 @@ def test_manifest_records_predictions_rules_and_sizes(copy):
 def test_provider_choice_and_silent_fallback_is_reported(pack_dir):
     import onnxruntime as ort
 
-    from inference.sessions import requested_providers
+    from cephnode.inference.sessions import requested_providers
     assert requested_providers("cpu") == ["CPUExecutionProvider"]
     with pytest.raises(ValueError):
         requested_providers("gpu-please")

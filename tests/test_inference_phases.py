@@ -5,14 +5,14 @@ import cv2
 import numpy as np
 import pytest
 
-from inference import anchors as A
-from inference.decode import decode_heatmaps
-from inference.geometry import rescale
-from inference.priors import SIGMAS_256, anchor_vector, attention_maps, derived_points
-from inference.profile import (FALLBACK_ZONES, PAD, StageFailure, analyse_profile, profile_mask,
+from cephnode.inference import anchors as A
+from cephnode.inference.decode import decode_heatmaps
+from cephnode.inference.geometry import rescale
+from cephnode.inference.priors import SIGMAS_256, anchor_vector, attention_maps, derived_points
+from cephnode.inference.profile import (FALLBACK_ZONES, PAD, StageFailure, analyse_profile, profile_mask,
                                profile_points, zone_boxes)
-from inference.zones import band_midline, longest_contour, zone_contours
-from inference.landmarks import ANCHOR_ORDER, DERIVED_ORDER, INDEX
+from cephnode.inference.zones import band_midline, longest_contour, zone_contours
+from cephnode.inference.landmarks import ANCHOR_ORDER, DERIVED_ORDER, INDEX
 
 
 # ---- 0A ---------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_zone_boxes_follow_the_published_formulas():
 
 
 def test_small_zone_boxes_grow_to_the_minimum_side():
-    from inference.profile import _clamp_box
+    from cephnode.inference.profile import _clamp_box
     b = _clamp_box((500, 10, 512, 40))
     assert b[2] - b[0] == 128 and b[3] - b[1] == 128 and b[2] <= 512 and b[0] >= 0
 
@@ -253,7 +253,7 @@ def test_dark_offset_is_clipped_and_flat_maps_stay_at_the_argmax():
 
 
 def test_zone_boxes_use_the_whole_mask_like_training():
-    from training.zones import zone_boxes as training_zone_boxes
+    from cephnode.training.zones import zone_boxes as training_zone_boxes
     mask, _, _ = _face_mask()
     mask[5:12, 5:12] = True                      # a speck outside the main component
     assert zone_boxes(analyse_profile(mask)) == training_zone_boxes(mask)
@@ -271,12 +271,12 @@ def test_a_slanted_face_picks_the_chin_bump_not_the_window_edge():
 def test_0c_0d_recover_the_anchors_from_training_contour_labels():
     """Stage 0 geometry and the training labels agree: feeding training's ideal contour masks
     (as zone-net logits) through 0C post-processing and 0D puts each anchor on its landmark."""
-    from training import isbi
-    from training import zones as training_zones
-    from training.cache import canonical_image, to_canonical
-    from training.labels import derive_profile_mask
-    from inference.landmarks import ISBI_19
-    from inference.zones import SOURCES
+    from cephnode.training import isbi
+    from cephnode.training import zones as training_zones
+    from cephnode.training.cache import canonical_image, to_canonical
+    from cephnode.training.labels import derive_profile_mask
+    from cephnode.inference.landmarks import ISBI_19
+    from cephnode.inference.zones import SOURCES
 
     ix = {n: i for i, n in enumerate(ISBI_19)}
     errors = {k: [] for k in ("S", "N", "Me", "ANS", "Go", "Pog")}

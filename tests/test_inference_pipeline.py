@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.landmarks import CANONICAL_25
-from inference.pack import write_manifest
-from inference.pipeline import Pipeline
-from inference.result import InferenceResult
+from cephnode.inference.landmarks import CANONICAL_25
+from cephnode.inference.pack import write_manifest
+from cephnode.inference.pipeline import Pipeline
+from cephnode.inference.result import InferenceResult
 from tests.support.dicomgen import make_dx
 from tests.support.standin import build_standin_pack
-from training import isbi
+from cephnode.training import isbi
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_full_run_on_a_real_radiograph(pipe, grey):
 
 
 def test_uint16_float_rgb_and_files_give_the_same_tracing(pipe, grey, tmp_path):
-    from inference.imageio import prepare
+    from cephnode.inference.imageio import prepare
     ref = _xy(pipe.run(grey))
     # Lossless equivalents of the 8-bit grey image: the very same tracing.
     cv2.imwrite(str(tmp_path / "a.tif"), grey)
@@ -98,12 +98,12 @@ def test_dicom_file_uses_its_spacing_and_orientation(pipe, grey, tmp_path):
     assert r.pixel_spacing_mm == (0.2, 0.2)
     assert r.orientation.source == "dicom" and r.orientation.flipped
     # run_file is exactly: decode with dicom_io.pixels, then run() with the file's geometry
-    from dicom_io.pixels import read_dicom_image
+    from cephnode.dicom_io.pixels import read_dicom_image
     di = read_dicom_image(path)
     same = pipe.run(di.pixels, pixel_spacing_mm=di.pixel_spacing_mm, patient_orientation=di.patient_orientation)
     assert np.abs(_xy(r) - _xy(same)).max() < 1e-9
     # and the 12-bit DICOM reaches (nearly) the working image of the 8-bit original
-    from inference.imageio import prepare
+    from cephnode.inference.imageio import prepare
     assert np.corrcoef(prepare(di.pixels).grey.ravel(), prepare(grey).grey.ravel())[0, 1] > 0.99
 
 
@@ -177,8 +177,8 @@ def test_two_channel_profile_output_is_accepted(tmp_path, grey, pipe):
 
 def test_working_image_is_pixel_identical_to_the_training_cache(case):
     # Training (training/cache.py) and inference must feed the networks the same pixels.
-    from inference.imageio import prepare
-    from training.cache import canonical_image
+    from cephnode.inference.imageio import prepare
+    from cephnode.training.cache import canonical_image
     trained = canonical_image(case.image_path).astype(np.float32) / 255.0
     ours = prepare(cv2.imread(str(case.image_path), cv2.IMREAD_GRAYSCALE)).grey[:, ::-1]
     assert np.abs(trained - ours).max() < 1e-6

@@ -12,7 +12,7 @@ from tests.support.orthanc import free_port
 
 def cephnode(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # run from any folder, installed or not
-    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cephnode", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, env=env)
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from dicom_io.pixels import read_dicom_image
-from dicom_io.uids import derived_uid
+from cephnode.dicom_io.pixels import read_dicom_image
+from cephnode.dicom_io.uids import derived_uid
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
 from tests.support.nodeproc import make_node, test_model_pack
@@ -87,12 +87,12 @@ def test_routed_cephs_come_back_traced_like_direct_inference(tmp_path, pack):
             assert any(e.get("event") == "instance_skipped" and "view position PA" in e.get("reason", "")
                        for e in node.log_events())
 
-            from node.jobstore import JobStore
+            from cephnode.node.jobstore import JobStore
 
             received_ts = {r["sop_uid"]: r["transfer_syntax"] for r in JobStore(node.db_path).instances()}
             assert received_ts[str(sources["jpeg2000"].SOPInstanceUID)] == "1.2.840.10008.1.2.4.90"  # as sent
 
-            from inference.pipeline import Pipeline
+            from cephnode.inference.pipeline import Pipeline
 
             pipeline = Pipeline.load(pack, device="cpu", threads=1)
             version = pipeline.pack.version
@@ -157,7 +157,7 @@ def test_results_return_to_the_sender_at_its_known_address(tmp_path, pack):
             ids = pacs.wait_for_instances(2)
             modalities = sorted(pacs.instance_tags(i)["Modality"] for i in ids)
             assert modalities == ["DX", "SR"]
-            from node.jobstore import JobStore
+            from cephnode.node.jobstore import JobStore
 
             [delivery] = JobStore(node.db_path).deliveries()
             assert (delivery["destination"], delivery["ae_title"], delivery["port"]) == (

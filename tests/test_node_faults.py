@@ -229,7 +229,7 @@ def test_hostile_files_fail_their_jobs_and_the_node_goes_on(tmp_path, pack, smal
         expected = {"truncated_pixels": "cannot be decoded", "huge_dimensions": "implausible image size",
                     "no_pixel_data": "no Pixel Data", "multi_frame": "multi-frame", "colour": "not greyscale",
                     "undecodable_syntax": "cannot be decoded here"}
-        from node.jobstore import JobStore
+        from cephnode.node.jobstore import JobStore
 
         instances = {r["path"].rsplit("/", 1)[-1]: r for r in JobStore(node.db_path).instances()}
         for name, path in hostile.items():

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from node import logs
+from cephnode.node import logs
 from tests.support import dicomgen
 
 

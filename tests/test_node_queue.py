@@ -5,9 +5,9 @@ import time
 
 import numpy as np
 
-from config.schema import SelectionRules
-from node.jobstore import InstanceRecord, JobStore
-from node.selection import evaluate
+from cephnode.config.schema import SelectionRules
+from cephnode.node.jobstore import InstanceRecord, JobStore
+from cephnode.node.selection import evaluate
 from tests.support import dicomgen
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from node.jobstore import InstanceRecord, JobStore
-from node.retention import DAY_S, prune
+from cephnode.node.jobstore import InstanceRecord, JobStore
+from cephnode.node.retention import DAY_S, prune
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_io.pixels import PixelDataError, read_dicom_image
+from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 from tests.support import dicomgen
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_io import codes
-from inference.pack import PackError, default_pack_dir, load_pack
+from cephnode.dicom_io import codes
+from cephnode.inference.pack import PackError, default_pack_dir, load_pack
 from tests.support.dicomgen import make_dx, read_grey, save
 from tests.support.standin import build_standin_pack
-from training import isbi
+from cephnode.training import isbi
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def dicom_file(tmp_path_factory) -> Path:
 
 
 def _report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "node.cli", "report", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "cephnode", "report", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from cephalometry.analysis import analyse
-from cephalometry.tracing import traced_structures
-from dicom_io import codes
-from dicom_io.gsps import key_lines
-from dicom_io.outputs import OUTPUT_KINDS, build_outputs, instance_uid
-from dicom_io.seg import band_width_px, rasterise
-from dicom_io.tracing_sheet import ROW_COLOURS, STRUCTURE_COLOURS
+from cephnode.cephalometry.analysis import analyse
+from cephnode.cephalometry.tracing import traced_structures
+from cephnode.dicom_io import codes
+from cephnode.dicom_io.gsps import key_lines
+from cephnode.dicom_io.outputs import OUTPUT_KINDS, build_outputs, instance_uid
+from cephnode.dicom_io.seg import band_width_px, rasterise
+from cephnode.dicom_io.tracing_sheet import ROW_COLOURS, STRUCTURE_COLOURS
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 from tests.support.validators import dciodvfy
 
@@ -192,7 +192,7 @@ def test_gsps_keeps_the_source_display_pipeline(monochrome1, shape):
     """A GSPS replaces the image's display pipeline: it must carry the source's window and, for
     MONOCHROME1 detectors, invert, or the viewer shows a wrongly windowed or negative image."""
     from tests.support.dicomgen import make_dx, read_grey
-    from training import isbi
+    from cephnode.training import isbi
 
     c = isbi_report_case("012")
     case = next(x for x in isbi.load_cases() if x.case_id == "012")
@@ -225,7 +225,7 @@ def test_a_rebuild_writes_the_very_same_uids(case, objects, kind):
 
 def test_tracing_sheet_from_the_callers_decoded_image_is_the_same(case, objects):
     # The node hands over the image it decoded for inference instead of decoding it twice.
-    from dicom_io.pixels import read_dicom_image
+    from cephnode.dicom_io.pixels import read_dicom_image
 
     image = read_dicom_image(case.source)
     (sc,) = build_outputs(case.source, case.result, kinds=["sc"], pack_name=PACK_NAME, pack_version=PACK_VERSION,

@@ -8,10 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from cephalometry.analysis import analyse
-from dicom_io import codes
-from dicom_io.outputs import build_outputs, instance_uid, series_uid
-from dicom_io.sr import PIXEL_CORNER_OFFSET
+from cephnode.cephalometry.analysis import analyse
+from cephnode.dicom_io import codes
+from cephnode.dicom_io.outputs import build_outputs, instance_uid, series_uid
+from cephnode.dicom_io.sr import PIXEL_CORNER_OFFSET
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 from tests.support.validators import dciodvfy, dicom_sr_validator
 

@@ -7,9 +7,9 @@ import subprocess
 import highdicom as hd
 import pytest
 
-from cephalometry.analysis import analyse
-from dicom_io import codes
-from dicom_io.outputs import build_outputs
+from cephnode.cephalometry.analysis import analyse
+from cephnode.dicom_io import codes
+from cephnode.dicom_io.outputs import build_outputs
 from tests.support.orthanc import start_orthanc
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 

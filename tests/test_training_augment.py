@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")  # the optional `train` extra
 
-from training import augment, cache, heatmaps, isbi, stage1  # noqa: E402
+from cephnode.training import augment, cache, heatmaps, isbi, stage1  # noqa: E402
 
 
 def _dots(points: np.ndarray, size: int = 512) -> np.ndarray:
@@ -115,7 +115,7 @@ def test_a_few_stage1_steps_run_save_and_resume(tmp_path):
 def test_no_prior_arm_ignores_the_attention_channels(tmp_path):
     import torch
 
-    from training.nets import stage1_net
+    from cephnode.training.nets import stage1_net
 
     net = stage1_net("unet-s4")
     torch.save({"model": net.state_dict(), "config": {"arm": "none"}}, tmp_path / "s.pt")
@@ -130,7 +130,7 @@ def test_no_prior_arm_ignores_the_attention_channels(tmp_path):
 def test_checkpoints_rebuild_the_architecture_they_were_trained_with(tmp_path):
     import torch
 
-    from training.nets import stage1_net
+    from cephnode.training.nets import stage1_net
 
     fine, plain = stage1_net("unet-s4-fine"), stage1_net("unet-s4")
     assert fine.fine is not None and plain.fine is None

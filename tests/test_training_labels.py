@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.anchors import find_anchors
-from inference.landmarks import ISBI_19
-from inference.zones import band_midline, zone_contours
-from training import cache, isbi, labels, zones
+from cephnode.inference.anchors import find_anchors
+from cephnode.inference.landmarks import ISBI_19
+from cephnode.inference.zones import band_midline, zone_contours
+from cephnode.training import cache, isbi, labels, zones
 
 CASES = ("001", "077", "150")
 IX = {n: i for i, n in enumerate(ISBI_19)}

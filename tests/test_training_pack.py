@@ -6,10 +6,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from inference import contract
-from inference.landmarks import ISBI_19, UNLABELLED
-from inference.pack import default_pack_dir, load_pack
-from inference.sessions import ModelSessions
+from cephnode.inference import contract
+from cephnode.inference.landmarks import ISBI_19, UNLABELLED
+from cephnode.inference.pack import default_pack_dir, load_pack
+from cephnode.inference.sessions import ModelSessions
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_phase0e_maps_anchors_into_the_image(pack):
 
 def test_exporter_writes_contract_shapes(tmp_path):
     torch = pytest.importorskip("torch")
-    from training.export import export_model
-    from training.nets import zone_net
+    from cephnode.training.export import export_model
+    from cephnode.training.nets import zone_net
 
     torch.manual_seed(0)
     path = export_model(zone_net(3), contract.ZONE3, tmp_path)
@@ -74,8 +74,8 @@ def test_exporter_writes_contract_shapes(tmp_path):
 
 def test_fine_stage1_exports_with_the_contract_shapes_and_matches_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    from training.export import export_model
-    from training.nets import stage1_net
+    from cephnode.training.export import export_model
+    from cephnode.training.nets import stage1_net
 
     torch.manual_seed(0)
     net = stage1_net("unet-s4-fine").eval()

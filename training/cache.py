@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training import isbi
+from cephnode.training import isbi
 
 SIZE = 512
 # training.labels' profile derivation the cached masks were made with (1: edge path, 2: skin search)
@@ -70,7 +70,7 @@ class CanonicalSet:
 
 
 def build(path: Path | None = None, *, progress: bool = True) -> Path:
-    from training.labels import derive_profile_mask
+    from cephnode.training.labels import derive_profile_mask
 
     path = path or cache_dir() / "isbi512.npz"
     cases = isbi.load_cases()
@@ -106,7 +106,7 @@ def load(path: Path | None = None) -> CanonicalSet:
     if version != PROFILE_LABEL_VERSION:
         # derived with an older training.labels: derive again (seconds), so `cephnode train`
         # never trains on stale profile labels; the file is left as it is for concurrent readers
-        from training.labels import derive_profile_mask
+        from cephnode.training.labels import derive_profile_mask
         profile = np.stack([derive_profile_mask(im, lm) for im, lm in zip(z["images"], z["landmarks"])])
     return CanonicalSet(z["ids"], z["split"], z["images"], z["landmarks"], z["senior"], z["junior"],
                         profile, tuple(int(v) for v in z["src_size"]))

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from training import isbi
+from cephnode.training import isbi
 
 PACK_NAME = "cephnode-default"
 PACK_VERSION = "1.4.0"
@@ -105,7 +105,7 @@ def _bar(total: int, desc: str):
 # ------------------------------------------------------------------------------- evaluate
 
 def cmd_evaluate(args) -> int:
-    from training import evaluate
+    from cephnode.training import evaluate
 
     _use_data(args)
     orientation = tuple(args.orientation.split(",")) if args.orientation else None
@@ -161,7 +161,7 @@ def _torch_setup(args):
 
 
 def cmd_train(args) -> int:
-    from training import cache, export, pipeline_train, stage0, stage1
+    from cephnode.training import cache, export, pipeline_train, stage0, stage1
 
     _use_data(args)
     ckpt = args.checkpoints or cache.cache_dir() / "ckpt"
@@ -211,9 +211,9 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
                         name: str = PACK_NAME, version: str = PACK_VERSION, log_dir: Path | None = None) -> Path:
     from dataclasses import asdict
 
-    from inference.landmarks import ISBI_19
-    from inference.pack import write_manifest
-    from training import evaluate
+    from cephnode.inference.landmarks import ISBI_19
+    from cephnode.inference.pack import write_manifest
+    from cephnode.training import evaluate
 
     accuracy = {}
     src = accuracy_json or (root / "evaluation" / "test1.json")
@@ -251,7 +251,7 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
 def _training_seconds(log_dir: Path | None, arm: str) -> dict:
     """Wall-clock seconds the finished phases took, from the training logs (interrupted and
     resumed runs add up; work thrown away by a restart from scratch is not counted)."""
-    from training import cache
+    from cephnode.training import cache
 
     out: dict[str, float] = {}
     root = log_dir or cache.cache_dir()
@@ -276,7 +276,7 @@ def _training_seconds(log_dir: Path | None, arm: str) -> dict:
 
 def _schedule_changes(log_dir: Path | None, arm: str) -> list[dict]:
     """Reschedule events from the Stage 1 log (a run shortened to fit the CPU budget says so)."""
-    from training import cache
+    from cephnode.training import cache
 
     events = []
     log = (log_dir or cache.cache_dir()) / f"stage1_{arm}.log"
@@ -295,8 +295,8 @@ def _schedule_changes(log_dir: Path | None, arm: str) -> list[dict]:
 def cmd_ablation(args) -> int:
     import shutil
 
-    from training import cache, evaluate, export, stage0, stage1
-    from training import pipeline_train
+    from cephnode.training import cache, evaluate, export, stage0, stage1
+    from cephnode.training import pipeline_train
 
     _use_data(args)
     device = _torch_setup(args)

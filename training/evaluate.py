@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.landmarks import ISBI_19
-from training import isbi
+from cephnode.inference.landmarks import ISBI_19
+from cephnode.training import isbi
 
 THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
 STAGE0_ANCHORS = ("S", "N", "Me", "ANS", "Go", "Pog")
@@ -75,7 +75,7 @@ def _git_commit() -> str:
 def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", threads: int | None = None,
              limit: int | None = None, orientation: tuple[str, str] | None = None, progress=None) -> dict:
     """Run inference.pipeline.Pipeline on every case of the split; return the report dict."""
-    from inference.pipeline import Pipeline
+    from cephnode.inference.pipeline import Pipeline
 
     pipe = Pipeline.load(models_dir, device=device, threads=threads)
     cases = isbi.load_cases(split, exclude_duplicates=True)

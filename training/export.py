@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from inference import contract
+from cephnode.inference import contract
 
 OPSET = 14
 

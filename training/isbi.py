@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.landmarks import ISBI_19
+from cephnode.inference.landmarks import ISBI_19
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Images 283 and 173 (test1) are byte-identical to 038 and 144 (train): never report them.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from inference.landmarks import ISBI_19
+from cephnode.inference.landmarks import ISBI_19
 
 IX = {n: i for i, n in enumerate(ISBI_19)}
 BAND_DEPTH = 64          # px at 512: depth of the soft-tissue band behind the skin line

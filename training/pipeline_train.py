@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import cache, labels, stage0, stage1
+from cephnode.training import cache, labels, stage0, stage1
 
 
 def stage0_all(ds: cache.CanonicalSet, ckpt_dir: Path, cfg: stage0.Stage0Config, *, log=print,
                bar_factory=None) -> dict[str, torch.nn.Module]:
     """Train (or load finished) profile, z1..z4 and phase0e; returns the nets."""
-    from training.nets import AnchorMLP, profile_net, zone_net
-    from training.zones import ZONE_CLASSES
+    from cephnode.training.nets import AnchorMLP, profile_net, zone_net
+    from cephnode.training.zones import ZONE_CLASSES
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tr = ds.split == "train"

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference.landmarks import ANCHOR_ORDER, DERIVED_ORDER, ISBI_19
-from training import augment, zones
-from training.nets import AnchorMLP, profile_net, zone_net
+from cephnode.inference.landmarks import ANCHOR_ORDER, DERIVED_ORDER, ISBI_19
+from cephnode.training import augment, zones
+from cephnode.training.nets import AnchorMLP, profile_net, zone_net
 
 IX = {n: i for i, n in enumerate(ISBI_19)}
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inference.landmarks import CANONICAL_25, ISBI_19, PRIOR_SIGMA_256
-from training import augment, heatmaps
-from training.nets import stage1_net
+from cephnode.inference.landmarks import CANONICAL_25, ISBI_19, PRIOR_SIGMA_256
+from cephnode.training import augment, heatmaps
+from cephnode.training.nets import stage1_net
 
 ISBI_TO_25 = np.array([CANONICAL_25.index(n) for n in ISBI_19])
 SIGMA_25 = np.array([PRIOR_SIGMA_256[n] for n in CANONICAL_25], dtype=np.float32)

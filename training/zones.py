@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inference.landmarks import ISBI_19
+from cephnode.inference.landmarks import ISBI_19
 
 IX = {n: i for i, n in enumerate(ISBI_19)}
 PAD = 51

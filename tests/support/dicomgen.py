@@ -190,7 +190,7 @@ def ceph_variant(pixels: np.ndarray, variant: str, *, pixel_spacing_mm: tuple[fl
 
 def isbi_image(case_id: str = "151", *, scale: float = 1.0) -> np.ndarray:
     """An ISBI test image (8-bit grey), optionally downscaled (area interpolation)."""
-    from training.isbi import data_dir
+    from cephnode.training.isbi import data_dir
 
     img = read_grey(data_dir() / "images" / f"{case_id}.jpg")
     if scale != 1.0:

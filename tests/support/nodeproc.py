@@ -1,4 +1,4 @@
-"""Run the real node (`python -m node.cli serve -c FILE`) as a separate process in tests,
+"""Run the real node (`python -m cephnode serve -c FILE`) as a separate process in tests,
 so that kill -9, SIGTERM and restarts are the real thing."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_model_pack(cache_dir: Path) -> Path:
     stand-in pack (built once into cache_dir)."""
     default = REPO_ROOT / "models" / "default"
     if default.is_dir():
-        from inference.pack import PackError, load_pack
+        from cephnode.inference.pack import PackError, load_pack
 
         try:
             load_pack(default)
@@ -102,7 +102,7 @@ class NodeProcess:
         log.write(f"\n===== start {self.starts} =====\n".encode())
         log.flush()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "serve", "-c", str(self.config_path)],
+            [sys.executable, "-m", "cephnode", "serve", "-c", str(self.config_path)],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         log.close()
         if wait:
@@ -138,7 +138,7 @@ class NodeProcess:
         return self.process is not None and self.process.poll() is None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "node.cli", *args, "-c", str(self.config_path)],
+        return subprocess.run([sys.executable, "-m", "cephnode", *args, "-c", str(self.config_path)],
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
     def status(self) -> dict[str, Any]:

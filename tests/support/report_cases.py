@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from cephalometry.annotations import result_from_points
-from inference.landmarks import ISBI_19
-from inference.result import InferenceResult
+from cephnode.cephalometry.annotations import result_from_points
+from cephnode.inference.landmarks import ISBI_19
+from cephnode.inference.result import InferenceResult
 from tests.support.dicomgen import make_dx, read_grey
-from training import isbi
+from cephnode.training import isbi
 
 PACK_NAME = "isbi-annotation"
 PACK_VERSION = "test-1"

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from inference import contract
+from cephnode.inference import contract
 
 OPSET = 14
 
@@ -246,8 +246,8 @@ def build_standin_pack(dest: Path, *, kind: str = "small", seed: int = 0,
         _save(g, dest / spec.path, in_name, spec.input_shape, out, out_shape,
               dynamic_batch=dynamic_batch and spec is contract.STAGE1)
     if manifest:
-        from inference.pack import write_manifest
-        from inference.landmarks import CANONICAL_25
+        from cephnode.inference.pack import write_manifest
+        from cephnode.inference.landmarks import CANONICAL_25
         write_manifest(dest, name=f"standin-{kind}", version=f"0.0.{seed}", predicted=CANONICAL_25,
                        rules={}, provenance={"generator": "tests/support/standin.py", "kind": kind, "seed": seed},
                        accuracy={})
