@@ -102,7 +102,7 @@ def main() -> None:
                 t = time.perf_counter()
                 wire = _send_all(node, cases, tmp / "fuzz-in")
                 _settle(node)
-                from node.jobstore import JobStore
+                from cephnode.node.jobstore import JobStore
 
                 store = JobStore(node.db_path)
                 inst = {r["sop_uid"] for r in store.instances()}

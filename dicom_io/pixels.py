@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from dicom_io.codestream import CodestreamError, check_frame
+from cephnode.dicom_io.codestream import CodestreamError, check_frame
 
 
 class PixelDataError(ValueError):

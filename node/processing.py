@@ -17,13 +17,13 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from config.schema import NodeConfig
-from dicom_io.pixels import PixelDataError, read_dicom_image
-from dicom_io.spool import is_valid_uid, safe_name, write_atomic
-from node import faults
-from node.jobstore import Job, JobStore
-from node.logs import get_logger, sanitize_error, sanitize_traceback
-from node.result_objects import build_result_objects
+from cephnode.config.schema import NodeConfig
+from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
+from cephnode.dicom_io.spool import is_valid_uid, safe_name, write_atomic
+from cephnode.node import faults
+from cephnode.node.jobstore import Job, JobStore
+from cephnode.node.logs import get_logger, sanitize_error, sanitize_traceback
+from cephnode.node.result_objects import build_result_objects
 
 log = get_logger("cephnode.processing")
 

@@ -13,14 +13,14 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
-from config.schema import NodeConfig, ServerTls
-from dicom_io.header import read_header
-from dicom_io.spool import adopt_file, is_valid_uid, safe_name, spool_path, write_atomic
-from dicom_io.transfer_syntaxes import RADIOGRAPH_STORAGE_CLASSES, accepted_transfer_syntaxes, can_decode, describe
-from node.jobstore import InstanceRecord, JobStore
-from node.logs import get_logger, phi_fields, sanitize_error
-from node.transport import start_server
-from node.selection import evaluate
+from cephnode.config.schema import NodeConfig, ServerTls
+from cephnode.dicom_io.header import read_header
+from cephnode.dicom_io.spool import adopt_file, is_valid_uid, safe_name, spool_path, write_atomic
+from cephnode.dicom_io.transfer_syntaxes import RADIOGRAPH_STORAGE_CLASSES, accepted_transfer_syntaxes, can_decode, describe
+from cephnode.node.jobstore import InstanceRecord, JobStore
+from cephnode.node.logs import get_logger, phi_fields, sanitize_error
+from cephnode.node.transport import start_server
+from cephnode.node.selection import evaluate
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700

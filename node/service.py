@@ -23,15 +23,15 @@ from typing import Any
 
 import pydicom
 
-from config.schema import NodeConfig
-from dicom_io.spool import remove_partials
-from node.delivery import Deliverer
-from node.jobstore import InstanceRecord, JobStore
-from node.logs import get_logger, sanitize_error
-from node.workers import WorkerPool
-from node.retention import prune
-from node.receiver import Receiver
-from node.selection import evaluate
+from cephnode.config.schema import NodeConfig
+from cephnode.dicom_io.spool import remove_partials
+from cephnode.node.delivery import Deliverer
+from cephnode.node.jobstore import InstanceRecord, JobStore
+from cephnode.node.logs import get_logger, sanitize_error
+from cephnode.node.workers import WorkerPool
+from cephnode.node.retention import prune
+from cephnode.node.receiver import Receiver
+from cephnode.node.selection import evaluate
 
 log = get_logger("cephnode.service")
 
@@ -41,7 +41,7 @@ PRUNE_EVERY_S = 3600.0
 
 def load_pipeline(cfg: NodeConfig) -> Any:
     """Called in each worker process, never in the node's own (see node.workers)."""
-    from inference.pipeline import Pipeline  # heavy (ONNX Runtime)
+    from cephnode.inference.pipeline import Pipeline  # heavy (ONNX Runtime)
 
     p = cfg.processing
     return Pipeline.load(p.models_dir, device=p.device, threads=p.threads)

@@ -26,8 +26,8 @@ from typing import Any
 
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from config.schema import LimitsConfig
-from node.logs import get_logger
+from cephnode.config.schema import LimitsConfig
+from cephnode.node.logs import get_logger
 
 log = get_logger("cephnode.transport")
 

@@ -30,10 +30,10 @@ from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
-from config.schema import NodeConfig
-from node.jobstore import Job, JobStore
-from node.logs import get_logger, sanitize_error
-from node.processing import JobOutcome, record_outcome
+from cephnode.config.schema import NodeConfig
+from cephnode.node.jobstore import Job, JobStore
+from cephnode.node.logs import get_logger, sanitize_error
+from cephnode.node.processing import JobOutcome, record_outcome
 
 log = get_logger("cephnode.workers")
 
@@ -63,13 +63,13 @@ def _child_main(cfg: NodeConfig, conn: Connection, name: str) -> None:
         os._exit(0)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing decoder leaves no core file of patient pixels
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the parent's to handle
-    from node import logs
+    from cephnode.node import logs
 
     logs.configure(cfg.logging.level, cfg.logging.format, cfg.logging.log_phi, stream=_capture_native_stderr())
     clog = logs.get_logger("cephnode.worker").bind(worker=name, pid=os.getpid())
     try:
-        from node.processing import Processor
-        from node.service import load_pipeline  # the node's modules, imported once per child
+        from cephnode.node.processing import Processor
+        from cephnode.node.service import load_pipeline  # the node's modules, imported once per child
 
         t = time.perf_counter()
         pipeline = load_pipeline(cfg)
@@ -103,7 +103,7 @@ def _capture_native_stderr():
     at ..."; C libraries print warnings). In a worker, fd 2 becomes a pipe whose lines are
     logged as `native_stderr` events (sanitised, capped), so the log stays one JSON object
     per line; the worker's own log events go to a duplicate of the real stderr."""
-    from node.logs import get_logger, sanitize_error
+    from cephnode.node.logs import get_logger, sanitize_error
 
     real = os.fdopen(os.dup(2), "w", buffering=1, errors="replace")
     read_fd, write_fd = os.pipe()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_io.pixels import PixelDataError, read_dicom_image
+from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 from tests.support import dicomgen, fuzz
 
 

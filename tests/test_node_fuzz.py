@@ -59,7 +59,7 @@ def test_hostile_inputs_end_with_a_reason_and_the_node_stays_up(tmp_path):
         figures = process_figures(pid)
         assert node.process.pid == pid and node.alive()          # 0 node crashes
 
-        from node.jobstore import JobStore
+        from cephnode.node.jobstore import JobStore
 
         store = JobStore(node.db_path)
         instances = {r["sop_uid"]: r for r in store.instances()}

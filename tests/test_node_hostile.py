@@ -51,7 +51,7 @@ def _file(tmp_path, name, ds):
 
 
 def _jobs_by_sop(node):
-    from node.jobstore import JobStore
+    from cephnode.node.jobstore import JobStore
 
     return {j["sop_uid"]: j for j in JobStore(node.db_path).jobs()}
 
@@ -194,7 +194,7 @@ def test_row10_concurrent_stores_of_one_uid_are_serialised(node, img, tmp_path):
     for t in threads:
         t.join()
     assert results == [{"status": 0}] * 6
-    from node.jobstore import JobStore
+    from cephnode.node.jobstore import JobStore
 
     rows = [r for r in JobStore(node.db_path).instances() if r["sop_uid"] == str(ds.SOPInstanceUID)]
     assert len(rows) == 1 and rows[0]["receipts"] == 6, rows
