@@ -124,7 +124,9 @@ def cmd_status(args) -> int:
         for j in summary["needs_manual_tracing"]:
             print(f"  #{j['id']:<6} {j['sop_uid']}\n          {j['error']}")
     if summary["failed_jobs"]:
-        print(f"\nFAILED jobs ({len(summary['failed_jobs'])}; `cephnode retry JOB` or `--failed`):")
+        n_failed = summary["jobs"].get("failed", len(summary["failed_jobs"]))
+        shown = "" if n_failed == len(summary["failed_jobs"]) else f", newest {len(summary['failed_jobs'])} shown"
+        print(f"\nFAILED jobs ({n_failed}{shown}; `cephnode retry JOB` or `--failed`):")
         for j in summary["failed_jobs"]:
             print(f"  #{j['id']:<6} {j['sop_uid']}\n          {j['error']}")
     return 0

@@ -292,10 +292,33 @@ class ProcessingConfig(_Strict):
     models_dir: Path | None = None          # None: $CEPHNODE_MODELS, else the embedded default pack
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(default=None, ge=1, le=256)  # ONNX Runtime intra-op threads
-    workers: int = Field(default=1, ge=1, le=32)  # jobs processed at once (one Pipeline, shared)
+    workers: int = Field(default=1, ge=1, le=32)  # jobs processed at once (one process each, own Pipeline)
     # Kinds kept in the outbox even when no destination wants them.
     outbox_kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
     max_processing_attempts: int = Field(default=3, ge=1, le=20)  # crashes mid-inference before parking
+    # ---- isolation (node.workers): each worker is a child process ----
+    # A job running longer than this is killed with its process and counts as a failed attempt.
+    job_timeout_s: float = Field(default=300.0, gt=0, le=86400)
+    # Address space a worker may add to what the loaded pack takes (MiB); 0: no limit.
+    # Not applied under CUDA, whose driver reserves huge address ranges it never touches.
+    worker_memory_mb: int = Field(default=3072, ge=0)
+
+
+class LimitsConfig(_Strict):
+    """Resource bounds against broken or hostile peers and files (docs/node.md, "Bounds").
+    Kept in their own section so that each bound is stated in one place."""
+    # A new connection's A-ASSOCIATE-RQ must arrive whole within this; until it has, the
+    # connection holds no association slot.
+    request_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # A PDU must arrive whole within this (a stalled or slow-drip peer frees its slot).
+    pdu_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # The TLS handshake of an accepted connection (in the connection's thread, not the accept loop).
+    tls_handshake_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # Largest data set one C-STORE may carry; a larger one is answered 0xA700 (out of
+    # resources) and nothing of it is kept. Also caps what a deflated data set may inflate to.
+    max_instance_mb: int = Field(default=256, ge=1, le=4096)
+    # Largest image (Rows x Columns, and the dimensions inside the codestream) decoded.
+    max_image_pixels: int = Field(default=50_000_000, ge=4096, le=400_000_000)
 
 
 def is_loopback(address: str) -> bool:
@@ -352,6 +375,7 @@ class NodeConfig(_Strict):
     return_to_sender: ReturnToSender = Field(default_factory=ReturnToSender)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from cephnode.dicom_io.codestream import CodestreamError, check_frame
 from cephnode.dicom_io.transfer_syntaxes import register_decoders
 
 register_decoders()  # our 12-bit JPEG Extended plugin, in whichever process decodes
@@ -32,7 +34,11 @@ class DicomImage:
     bits_stored: int
 
 
-MAX_PIXELS = 12_000 * 12_000  # larger than any radiograph detector
+MAX_PIXELS = 50_000_000  # default of limits.max_image_pixels: above any cephalostat's detector
+# Pixel spacing a cephalogram can have at the patient: detectors are 0.05-0.2 mm, scanned
+# film up to about 0.5 mm. Outside this range the value is wrong, and a distance computed
+# from it (1e300 mm) would be reported as fact; such a spacing is treated as unknown.
+PLAUSIBLE_SPACING_MM = (0.01, 2.0)
 
 
 def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
@@ -43,14 +49,32 @@ def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
         r, c = float(v[0]), float(v[1])
         return (r, c) if r > 0 and c > 0 else None
 
-    ps = pair("PixelSpacing")
-    ips = pair("ImagerPixelSpacing")
+    try:
+        ps = pair("PixelSpacing")
+        ips = pair("ImagerPixelSpacing")
+    except (TypeError, ValueError, OverflowError):
+        return None, "unknown: Pixel Spacing is not numeric"
+    spacing, how = _raw_spacing(ds, ps, ips)
+    if spacing is None:
+        return spacing, how
+    lo, hi = PLAUSIBLE_SPACING_MM
+    if not all(np.isfinite(v) and lo <= v <= hi for v in spacing) or max(spacing) > 3 * min(spacing):
+        return None, (f"unknown: implausible spacing {spacing[0]:.6g} x {spacing[1]:.6g} mm from {how} "
+                      f"(a cephalogram has {lo}-{hi} mm, nearly square pixels)")
+    return spacing, how
+
+
+def _raw_spacing(ds: Dataset, ps, ips) -> tuple[tuple[float, float] | None, str]:
     if ps is not None and ips is None:
         return ps, "PixelSpacing"
     if ips is not None:
         # Imager Pixel Spacing is at the detector; a projection magnifies the patient.
         erm = ds.get("EstimatedRadiographicMagnificationFactor")
-        if erm is not None and float(erm) > 0:
+        try:
+            erm = float(erm) if erm is not None else None
+        except (TypeError, ValueError):
+            erm = None
+        if erm is not None and np.isfinite(erm) and erm > 0:
             f = float(erm)
             return (ips[0] / f, ips[1] / f), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
         if ps is not None:
@@ -81,23 +105,44 @@ def _padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def read_dicom_image(source: str | Path | Dataset) -> DicomImage:
+def _check_codestream(ds: Dataset, rows: int, cols: int, max_pixels: int) -> None:
+    """The compressed frame's own dimensions, before a decoder allocates for them."""
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if not ts or not ds["PixelData"].is_undefined_length:
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as exc:
+        raise PixelDataError(f"pixel data cannot be decoded: encapsulated frames unreadable ({type(exc).__name__})")
+    try:
+        check_frame(ts, frame, rows=rows, cols=cols, samples=int(ds.get("SamplesPerPixel", 1) or 1),
+                    bits_allocated=int(ds.get("BitsAllocated", 8) or 8), max_pixels=max_pixels)
+    except CodestreamError as exc:
+        raise PixelDataError(f"pixel data cannot be decoded: {exc}") from None
+
+
+def read_dicom_image(source: str | Path | Dataset, *, max_pixels: int = MAX_PIXELS) -> DicomImage:
     """Decode one single-frame greyscale image. Raises PixelDataError with a clear reason."""
     ds = source if isinstance(source, Dataset) else pydicom.dcmread(str(source))
     if "PixelData" not in ds:
         raise PixelDataError("no Pixel Data in the instance")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows < 64 or cols < 64 or rows * cols > MAX_PIXELS:
+    if rows < 64 or cols < 64 or rows * cols > max_pixels:
         raise PixelDataError(f"implausible image size {rows} x {cols}")
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise PixelDataError(f"multi-frame image ({ds.NumberOfFrames} frames) is not a single radiograph")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise PixelDataError(f"photometric interpretation {photometric or 'missing'} is not greyscale")
+    _check_codestream(ds, rows, cols, max_pixels)
     try:
         raw = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for bad/unsupported data
-        raise PixelDataError(f"pixel data cannot be decoded: {exc}") from exc
+    except MemoryError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pydicom raises many types; a Rust decoder panics (not an Exception)
+        raise PixelDataError(f"pixel data cannot be decoded: {type(exc).__name__}: {exc}") from None
     if raw.ndim != 2:
         raise PixelDataError(f"expected a 2-D greyscale frame, got shape {raw.shape}")
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")  # PS3.5 9.1: no leading zeros
 
 
 def is_valid_uid(value: str | None) -> bool:
@@ -61,6 +61,25 @@ def write_atomic(path: Path, data: bytes) -> Path:
     _fsync_dir(path.parent)
     if created:
         _fsync_dir(path.parent.parent)  # the new folder's own entry must be durable too
+    return path
+
+
+def adopt_file(src: Path, path: Path) -> Path:
+    """Move a file written elsewhere on the same filesystem (a received data set) to `path`
+    with the same guarantee as write_atomic: fsync'ed, renamed, its folder fsync'ed."""
+    path = Path(path)
+    created = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(src, 0o600)
+    os.replace(src, path)
+    _fsync_dir(path.parent)
+    if created:
+        _fsync_dir(path.parent.parent)
     return path
 
 

@@ -246,8 +246,8 @@ class JobStore:
         with self._tx() as db:
             row = db.execute(
                 "SELECT j.id, j.sop_uid, j.study_uid, j.attempts, i.path, i.calling_ae, i.peer_host FROM jobs j"
-                " JOIN instances i ON i.sop_uid = j.sop_uid WHERE j.state='queued' ORDER BY j.id LIMIT 1"
-                + self._lock(skip_locked=True, of="j")).fetchone()
+                " JOIN instances i ON i.sop_uid = j.sop_uid WHERE j.state='queued' AND COALESCE(j.not_before, 0) <= ?"
+                " ORDER BY j.id LIMIT 1" + self._lock(skip_locked=True, of="j"), (now,)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state='processing', attempts=attempts+1, updated_at=?, lease_owner=?,"
@@ -284,6 +284,24 @@ class JobStore:
         if done:
             self._claimed.pop(job_id, None)
         return done
+
+    def requeue_job(self, job_id: int, error: str, *, attempt: int | None = None) -> bool:
+        """Back to the queue (its worker process died or timed out; the attempt counts)."""
+        where, args = self._still_ours(job_id, attempt)
+        with self._tx() as db:
+            done = db.execute("UPDATE jobs SET state='queued', error=?, updated_at=?, lease_owner=NULL,"
+                              f" lease_expires_at=NULL WHERE {where}", (error, time.time(), *args)).rowcount > 0
+        return self._released(job_id, done)
+
+    def defer_job(self, job_id: int, error: str, delay_s: float) -> None:
+        """A transient condition of this host (disk full): back to the queue after delay_s, and
+        the attempt does not count against max_processing_attempts."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state='queued', error=?, not_before=?, updated_at=?, lease_owner=NULL,"
+                       " lease_expires_at=NULL, attempts=CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
+                       " WHERE id=?", (error, now + delay_s, now, job_id))
+        self._claimed.pop(job_id, None)
 
     def finish_processing(self, job_id: int, outputs: list[dict[str, Any]], deliveries: list[dict[str, Any]],
                           timings: dict[str, float], *, note: str | None = None, attempt: int | None = None) -> str:
@@ -499,10 +517,10 @@ class JobStore:
             "SELECT lease_owner, COUNT(*) FROM jobs WHERE state='processing' AND lease_owner IS NOT NULL"
             " GROUP BY lease_owner ORDER BY lease_owner")}
 
-        def job_rows(where: str, limit: int) -> list[dict[str, Any]]:
+        def job_rows(where: str, limit: int, args: tuple = ()) -> list[dict[str, Any]]:
             return [dict(r) for r in db.execute(
                 f"SELECT id, sop_uid, study_uid, state, attempts, error, created_at, finished_at FROM jobs {where}"
-                " ORDER BY updated_at DESC, id DESC LIMIT ?", (limit,))]
+                " ORDER BY updated_at DESC, id DESC LIMIT ?", (*args, limit))]
 
         def count(state: str) -> str:
             return f"SUM(CASE WHEN state='{state}' THEN 1 ELSE 0 END)"
@@ -529,9 +547,9 @@ class JobStore:
             "processing_by": processing_by,
             "deliveries": deliveries,
             "recent_jobs": job_rows("", recent),
-            "failed_jobs": job_rows("WHERE state='failed'", 100),
+            "failed_jobs": job_rows("WHERE state='failed'", 100),   # the newest; the count is in jobs
             # processed, but the quality gate withheld the tracing (node.processing.qc_note)
-            "needs_manual_tracing": job_rows(f"WHERE error LIKE '{MANUAL_TRACING}%'", 100),
+            "needs_manual_tracing": job_rows("WHERE error LIKE ?", 100, (MANUAL_TRACING + "%",)),
         }
 
     def state_gauges(self) -> dict[str, Any]:

@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs TEXT,
     timings TEXT,
     lease_owner TEXT,
-    lease_expires_at DOUBLE PRECISION
+    lease_expires_at DOUBLE PRECISION,
+    not_before DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS deliveries (

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs TEXT,                 -- JSON list of {kind, sop_uid, sop_class, path}
     timings TEXT,                 -- JSON {step: ms}
     lease_owner TEXT,             -- the process processing it (while state = processing)
-    lease_expires_at REAL         -- renewed while that process lives
+    lease_expires_at REAL,        -- renewed while that process lives
+    not_before REAL               -- a deferred job (transient condition) is not claimed before this
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -84,6 +85,7 @@ ADDED_COLUMNS = (
     ("jobs", "lease_expires_at", "REAL"),
     ("deliveries", "lease_owner", "TEXT"),
     ("deliveries", "lease_expires_at", "REAL"),
+    ("jobs", "not_before", "REAL"),
 )
 
 

@@ -6,10 +6,11 @@ node down.
 """
 from __future__ import annotations
 
+import errno
 import json
 import time
 from io import BytesIO
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ from pydicom.dataset import Dataset
 
 from cephnode.config.schema import NodeConfig
 from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
-from cephnode.dicom_io.spool import safe_name, write_atomic
+from cephnode.dicom_io.spool import is_valid_uid, safe_name, write_atomic
+from cephnode.node import faults
 from cephnode.domain.outputs import OutputKind
 from cephnode.node.jobstore import MANUAL_TRACING, Job, JobStore
-from cephnode.node.logs import get_logger, phi_fields
+from cephnode.node.logs import get_logger, sanitize_error, sanitize_traceback
 from cephnode.node.result_objects import build_result_objects
 
 log = get_logger("cephnode.processing")
@@ -49,18 +51,35 @@ def wanted_kinds(cfg: NodeConfig) -> list[OutputKind]:
     return [k for k in OutputKind if k in kinds]
 
 
+@dataclass
+class JobOutcome:
+    """What a worker process sends back for one job: small and picklable (paths and UIDs,
+    never pixels or datasets). ok=False carries the reason shown to the admin."""
+    ok: bool
+    objects: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    degraded: bool = False
+    qc: str | None = None     # the quality gate's verdict (pass, review, fail)
+    transient: bool = False   # a condition of this host (disk full), not of the input: try again later
+
+
 class Processor:
-    def __init__(self, cfg: NodeConfig, store: JobStore, pipeline: Any):
+    """The unsafe part of a job (decoding, inference, building objects). It runs inside a
+    worker process (node.workers) and touches no database: the parent records the outcome."""
+
+    def __init__(self, cfg: NodeConfig, pipeline: Any):
         self.cfg = cfg
-        self.store = store
         self.pipeline = pipeline
         self.outbox = Path(cfg.storage.outbox).resolve()
         self.kinds = wanted_kinds(cfg)
-        self._callers = {c.ae_title: c for c in cfg.listen.allowed_callers}
 
-    def run(self, job: Job) -> str:
-        """Process one claimed job; returns its new state."""
-        notes: list[str] = []   # per call: several workers may share this Processor
+    def execute(self, job: Job) -> JobOutcome:
+        """Process one claimed job. Never raises: every failure, including a BaseException
+        from a native decoder (a Rust panic surfaces as pyo3's PanicException, which is not an
+        Exception), becomes a failed outcome with its reason."""
+        notes: list[str] = []
         timings: dict[str, float] = {}
         ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
         log.info("job_started", **ctx)
@@ -68,47 +87,68 @@ class Processor:
         try:
             ds = self._read(job, timings)
             image, result = self._infer(ds, job, timings)
+            if image.pixel_spacing_mm is None:
+                notes.append(f"pixel spacing {image.spacing_source}: no distances in mm")
             qc_note(result, notes, ctx)
             objects = self._produce(ds, image, result, job, timings, notes)
         except JobFailed as exc:
             timings["total_ms"] = _ms(t_all)
-            self.store.fail_job(job.id, str(exc), timings=timings)
-            log.warning("job_failed", **ctx, reason=str(exc), timings_ms=timings)
-            return "failed"
-        except Exception as exc:  # a bug or an unexpected library error: still only this job fails
+            return JobOutcome(False, timings=timings, reason=sanitize_error(str(exc)))
+        except MemoryError:
             timings["total_ms"] = _ms(t_all)
-            reason = f"unexpected error: {type(exc).__name__}: {exc}"
-            self.store.fail_job(job.id, reason, timings=timings)
-            log.exception("job_failed", **ctx, reason=reason, timings_ms=timings)
-            return "failed"
-        deliveries = self._deliveries(job, objects)
+            return JobOutcome(False, timings=timings, reason="out of memory: the job exceeded the worker's memory limit")
+        except OSError as exc:
+            timings["total_ms"] = _ms(t_all)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):   # the disk fills and empties again: not the job's fault
+                return JobOutcome(False, timings=timings, reason="no space left on the outbox disk", transient=True)
+            return JobOutcome(False, timings=timings, reason=sanitize_error(f"unexpected error: OSError: {exc}"))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a bug, a library error or a native panic: still only this job fails
+            timings["total_ms"] = _ms(t_all)
+            reason = sanitize_error(f"unexpected error: {type(exc).__name__}: {exc}")
+            log.error("job_error", **ctx, reason=reason, traceback=sanitize_traceback(exc))
+            return JobOutcome(False, timings=timings, reason=reason)
         timings["total_ms"] = _ms(t_all)
-        state = self.store.finish_processing(job.id, [o.__dict__ for o in objects], deliveries, timings,
-                                             note="; ".join(notes) or None)
-        log.info("job_processed", **ctx, state=state, objects=len(objects), deliveries=len(deliveries),
-                 degraded=bool(getattr(result, "degraded", False)),
-                 qc=result.qc.verdict if getattr(result, "qc", None) else None, timings_ms=timings, **phi_fields(ds))
-        return state
+        qc = getattr(result, "qc", None)
+        return JobOutcome(True, [o.__dict__ for o in objects], notes, timings,
+                          degraded=bool(getattr(result, "degraded", False)), qc=str(qc.verdict) if qc else None)
 
     # ---- steps ------------------------------------------------------------------------
     def _read(self, job: Job, timings: dict[str, float]) -> Dataset:
         t = time.perf_counter()
         try:
             ds = pydicom.dcmread(job.path)
+            faults.inject(ds)  # test-only, inert unless CEPHNODE_FAULT_INJECTION=1
         except FileNotFoundError:
             raise JobFailed(f"spooled file is missing: {job.path}") from None
+        except MemoryError:
+            raise
         except Exception as exc:
             raise JobFailed(f"cannot read the instance: {type(exc).__name__}: {exc}") from None
         timings["read_ms"] = _ms(t)
+        if "SOPInstanceUID" not in ds or "PixelData" not in ds and "SOPClassUID" not in ds:
+            # pydicom returns what it could parse; a data set cut short can come back empty
+            raise JobFailed("cannot read the instance: the data set is truncated or empty")
+        # Output objects copy these UIDs: one that is not a UID ('../x', 1 MB of digits) must
+        # never reach them.
+        bad = [kw for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+               if not is_valid_uid(str(ds.get(kw, "") or ""))]
+        if bad:
+            raise JobFailed(f"invalid UID in {', '.join(bad)} (not a valid DICOM UID; never copied into outputs)")
         return ds
 
     def _infer(self, ds: Dataset, job: Job, timings: dict[str, float]):
         t = time.perf_counter()
         try:
-            image = read_dicom_image(ds)
+            image = read_dicom_image(ds, max_pixels=self.cfg.limits.max_image_pixels)
         except PixelDataError as exc:
             raise JobFailed(str(exc)) from None
-        except Exception as exc:  # pydicom/numpy errors on hostile headers
+        except MemoryError:
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # pydicom/numpy errors on hostile headers, native decoder panics
             raise JobFailed(f"pixel data unusable: {type(exc).__name__}: {exc}") from None
         timings["decode_ms"] = _ms(t)
         if image.pixel_spacing_mm is None:
@@ -138,25 +178,43 @@ class Processor:
         timings["outputs_ms"] = _ms(t)
         return produced
 
-    def _deliveries(self, job: Job, objects: list[ProducedObject]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for dest in self.cfg.destinations:
+
+def record_outcome(cfg: NodeConfig, store: JobStore, job: Job, outcome: JobOutcome) -> str:
+    """Parent side: write a worker's outcome to the queue (objects and their deliveries in
+    one transaction, or the failure with its reason); returns the job's new state."""
+    ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
+    if not outcome.ok:
+        # attempt: the claim's fencing token (a worker whose lease expired changes nothing)
+        store.fail_job(job.id, outcome.reason or "failed", timings=outcome.timings, attempt=job.attempts)
+        log.warning("job_failed", **ctx, reason=outcome.reason, timings_ms=outcome.timings)
+        return "failed"
+    deliveries = _deliveries(cfg, job, outcome.objects)
+    state = store.finish_processing(job.id, outcome.objects, deliveries, outcome.timings,
+                                    note="; ".join(outcome.notes) or None, attempt=job.attempts)
+    log.info("job_processed", **ctx, state=state, objects=len(outcome.objects), deliveries=len(deliveries),
+             degraded=outcome.degraded, qc=outcome.qc, timings_ms=outcome.timings)
+    return state
+
+
+def _deliveries(cfg: NodeConfig, job: Job, objects: list[dict[str, str]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for dest in cfg.destinations:
+        for o in objects:
+            if o["kind"] in dest.kinds:
+                out.append({"destination": dest.name, "ae_title": dest.ae_title or "",   # DICOMweb: no AE,
+                            "host": dest.host or dest.url, "port": dest.port or 0, **_obj(o)})  # the URL
+    rts = cfg.return_to_sender
+    if rts.enabled:
+        caller = {c.ae_title: c for c in cfg.listen.allowed_callers}.get(job.calling_ae or "")
+        if caller is None or caller.return_port is None or not job.peer_host:
+            log.warning("return_to_sender_unknown", job_id=job.id, calling_ae=job.calling_ae,
+                        detail="no return_port configured for this calling AE; results not sent back")
+        else:
             for o in objects:
-                if o.kind in dest.kinds:
-                    out.append({"destination": dest.name, "ae_title": dest.ae_title or "",   # DICOMweb: no AE,
-                                "host": dest.host or dest.url, "port": dest.port or 0, **_obj(o)})  # the URL
-        rts = self.cfg.return_to_sender
-        if rts.enabled:
-            caller = self._callers.get(job.calling_ae or "")
-            if caller is None or caller.return_port is None or not job.peer_host:
-                log.warning("return_to_sender_unknown", job_id=job.id, calling_ae=job.calling_ae,
-                            detail="no return_port configured for this calling AE; results not sent back")
-            else:
-                for o in objects:
-                    if o.kind in rts.kinds:
-                        out.append({"destination": "sender", "ae_title": caller.ae_title, "host": job.peer_host,
-                                    "port": caller.return_port, **_obj(o)})
-        return out
+                if o["kind"] in rts.kinds:
+                    out.append({"destination": "sender", "ae_title": caller.ae_title, "host": job.peer_host,
+                                "port": caller.return_port, **_obj(o)})
+    return out
 
 
 def qc_note(result: Any, notes: list[str], ctx: dict[str, Any]) -> None:
@@ -173,8 +231,8 @@ def qc_note(result: Any, notes: list[str], ctx: dict[str, Any]) -> None:
         log.info("qc_review", **ctx, reasons=qc.reasons, doubtful=qc.doubtful_landmarks)
 
 
-def _obj(o: ProducedObject) -> dict[str, Any]:
-    return {"kind": o.kind, "sop_uid": o.sop_uid, "sop_class": o.sop_class, "path": o.path}
+def _obj(o: dict[str, str]) -> dict[str, Any]:
+    return {"kind": o["kind"], "sop_uid": o["sop_uid"], "sop_class": o["sop_class"], "path": o["path"]}
 
 
 def _ms(t0: float) -> float:

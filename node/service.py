@@ -2,7 +2,8 @@
 
 Threads (the receiver's association threads come from pynetdicom):
   scheduler  closes studies after the quiet period and queues their jobs
-  worker(s)  processing.workers threads, each running one job at a time; claiming a job is a
+  worker(s)  processing.workers threads, each feeding one child process (node.workers) that
+             runs one job at a time under a time and memory limit; claiming a job is a
              transaction, so no two workers take the same one
   delivery   sends produced objects, honouring each delivery's next_attempt_at
   retention  hourly, deletes the files of finished work past storage.retention_days
@@ -16,6 +17,7 @@ claims and leases (node/jobstore.py) replace the single-process assumptions.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -29,8 +31,8 @@ from cephnode.config.schema import NodeConfig
 from cephnode.dicom_io.spool import remove_partials
 from cephnode.node.delivery import Deliverer
 from cephnode.node.jobstore import InstanceRecord, JobStore, open_store
-from cephnode.node.logs import get_logger
-from cephnode.node.processing import Processor
+from cephnode.node.logs import get_logger, sanitize_error
+from cephnode.node.workers import WorkerPool
 from cephnode.node.retention import prune
 from cephnode.node.receiver import Receiver
 from cephnode.node.roles import Role, check_role
@@ -45,17 +47,19 @@ SHARED_FOLDER_GRACE_S = 600.0
 
 
 def load_pipeline(cfg: NodeConfig) -> Any:
-    from cephnode.inference.pipeline import Pipeline  # heavy (ONNX Runtime): only when serving
+    """Called in each worker process, never in the node's own (see node.workers)."""
+    from cephnode.inference.pipeline import Pipeline  # heavy (ONNX Runtime)
 
     p = cfg.processing
     return Pipeline.load(p.models_dir, device=p.device, threads=p.threads)
 
 
 class NodeService:
-    def __init__(self, cfg: NodeConfig, *, pipeline: Any = None, role: Role | str = Role.ALL):
+    def __init__(self, cfg: NodeConfig, *, role: Role | str = Role.ALL):
         self.cfg = cfg
-        self.pipeline = pipeline
         self.role = Role(role)
+        self.pool: WorkerPool | None = None
+        self.pack_info: dict[str, Any] = {}   # what the worker processes loaded (pack, providers)
         self._stop = threading.Event()
         self._wake_scheduler = threading.Event()
         self._wake_worker = threading.Event()
@@ -69,12 +73,19 @@ class NodeService:
     # ---- start ------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
-        for folder in (cfg.storage.spool, cfg.storage.outbox):
+        # Patient data: files 0600 and folders 0700, whatever the caller's umask (the SQLite
+        # file and its WAL included); folders made by an older version are tightened too.
+        os.umask(0o077)
+        for folder in (cfg.storage.spool, cfg.storage.outbox, Path(cfg.storage.db).parent):
             Path(folder).mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
         # ---- store and role (scale-out) ----
         check_role(self.role, shared_store=cfg.storage.shared)
         self.store = open_store(cfg.storage, max_processing_attempts=cfg.processing.max_processing_attempts)
         grace = SHARED_FOLDER_GRACE_S if not self.store.exclusive else 0.0
+        if self.store.exclusive:   # the SQLite file and its WAL hold patient data
+            for f in Path(cfg.storage.db).parent.glob(Path(cfg.storage.db).name + "*"):
+                os.chmod(f, 0o600)
         # ----
         recovered = self.store.recover(cfg.processing.max_processing_attempts)
         partials = (remove_partials(Path(cfg.storage.spool), older_than_s=grace)
@@ -108,15 +119,17 @@ class NodeService:
 
     def _start_processing(self) -> None:
         cfg = self.cfg
-        if self.pipeline is None:
-            t = time.perf_counter()
-            self.pipeline = load_pipeline(cfg)
-            log.info("pipeline_loaded", pack=self.pipeline.pack.name, version=self.pipeline.pack.version,
-                     providers=self.pipeline.providers, load_ms=round((time.perf_counter() - t) * 1000, 1))
-        self.processor = Processor(cfg, self.store, self.pipeline)
+        t = time.perf_counter()
+        self.pool = WorkerPool(cfg, self.store, stop=self._stop, wake=self._wake_worker,
+                               on_state=self._job_settled)
+        self.pack_info = self.pool.start()  # the children load the pack; a broken pack stops the start here
+        info = self.pack_info
+        log.info("pipeline_loaded", pack=info.get("pack"), version=info.get("version"), providers=info.get("providers"),
+                 workers=cfg.processing.workers, worker_pids=self.pool.pids(),
+                 memory_limit_bytes=info.get("memory_limit_bytes"), job_timeout_s=cfg.processing.job_timeout_s,
+                 load_ms=round((time.perf_counter() - t) * 1000, 1))
         self.deliverer = Deliverer(cfg, self.store, metrics=self.metrics)
         loops = [("delivery", self._delivery_loop)]
-        loops += [(f"worker-{i + 1}", self._worker_loop) for i in range(cfg.processing.workers)]
         if cfg.storage.retention_days > 0:
             loops.append(("retention", self._retention_loop))
         self._start_loops(loops)
@@ -136,20 +149,19 @@ class NodeService:
             self.http = AdminHttp(self).start()
 
     def info(self) -> dict[str, str]:
-        p = self.pipeline
-        if p is None:
+        """The pack and providers the worker processes loaded (empty until they have)."""
+        p = self.pack_info
+        if not p:
             return {}
-        # model name -> providers in preference order; the first is the one that runs it
-        firsts = sorted({v[0] for v in (getattr(p, "providers", None) or {}).values() if v})
-        return {"pack_name": str(p.pack.name), "pack_version": str(p.pack.version),
-                "device": self.cfg.processing.device, "provider": ",".join(firsts)}
+        return {"pack_name": str(p.get("pack")), "pack_version": str(p.get("version")),
+                "device": self.cfg.processing.device, "provider": ",".join(p.get("providers") or [])}
 
     def readiness(self) -> dict:
         checks = {
             # a worker-only process has no listener, a receiver-only one no model pack
             "listening": not self.role.receives or (self.receiver is not None and self.receiver.listening),
             "queue_db_writable": self.store is not None and self.store.writable(),
-            "model_pack_loaded": not self.role.processes or self.pipeline is not None,
+            "model_pack_loaded": not self.role.processes or bool(self.pack_info),
             "disk_above_watermark": not self.watermark.low(),
         }
         return {"ready": all(checks.values()), "checks": checks}
@@ -163,8 +175,8 @@ class NodeService:
         spool = Path(self.cfg.storage.spool).resolve()
         cutoff = time.time() - min_age_s
         for path in sorted(spool.rglob("*.dcm")):
-            if str(path) in known:
-                continue
+            if str(path) in known or ".incoming" in path.relative_to(spool).parts:
+                continue   # .incoming: transfers that were never acknowledged
             try:
                 if min_age_s and path.stat().st_mtime > cutoff:
                     continue
@@ -180,7 +192,7 @@ class NodeService:
                                      str(ds.file_meta.get("TransferSyntaxUID", "")), str(path), None, None,
                                      verdict.selected, verdict.reason)
             except Exception as exc:
-                log.warning("orphan_unreadable", path=str(path), error=str(exc))
+                log.warning("orphan_unreadable", path=str(path), error=sanitize_error(str(exc)))
                 continue
             if self.store.record_instance(rec):
                 adopted += 1
@@ -207,17 +219,11 @@ class NodeService:
             self._wake_scheduler.wait(min(POLL_S, max(quiet / 4, 0.05)))
             self._wake_scheduler.clear()
 
-    def _worker_loop(self) -> None:
-        while not self._stop.is_set():
-            job = self.store.claim_job()
-            if job is None:
-                self._wake_worker.wait(POLL_S)
-                self._wake_worker.clear()
-                continue
-            state = self.processor.run(job)
-            self.metrics.job_returned(job.id, state)
-            if state == "delivering":
-                self._wake_delivery.set()
+    def _job_settled(self, job, state: str) -> None:
+        """A worker's job reached a state (in this process: the children never see metrics)."""
+        self.metrics.job_returned(job.id, state)
+        if state == "delivering":
+            self._wake_delivery.set()
 
     def _delivery_loop(self) -> None:
         while not self._stop.is_set():
@@ -250,11 +256,12 @@ class NodeService:
         for ev in (self._wake_scheduler, self._wake_worker, self._wake_delivery):
             ev.set()
         deadline = time.monotonic() + timeout
+        unfinished = self.pool.stop(timeout) if self.pool is not None else []
         for t in self._threads:
             t.join(max(0.1, deadline - time.monotonic()))
         if self.http is not None:
             self.http.stop()
-        unfinished = [t.name for t in self._threads if t.is_alive()]
+        unfinished += [t.name for t in self._threads if t.is_alive()]
         log.info("node_stopped", unfinished_threads=unfinished)
 
     def serve_forever(self) -> None:

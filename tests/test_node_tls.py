@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from tests.support.hostile import closed_by_peer, stall
 from tests.support.nodeproc import make_node, test_model_pack
 from tests.support.orthanc import free_port
 
@@ -48,7 +49,8 @@ def test_tls_with_required_client_certificate(tmp_path):
         ],
         extra={"listen": {"tls": {"enabled": True, "cert_file": str(certs / "server.crt"),
                                   "key_file": str(certs / "server.key"), "ca_file": str(certs / "ca.crt"),
-                                  "require_client_cert": True}}})
+                                  "require_client_cert": True}},
+               "limits": {"tls_handshake_timeout_s": 8}})
     with node:
         node.start(wait=False)
         ok = None
@@ -57,6 +59,15 @@ def test_tls_with_required_client_certificate(tmp_path):
             if ok.returncode == 0 or not node.alive():
                 break
         assert ok.returncode == 0 and "OK" in ok.stdout, (ok.stdout, ok.stderr, node.log_tail())
+        # Silent TCP clients do not block TLS callers: the handshake runs in each connection's
+        # own thread (it used to run in the accept loop, without a timeout).
+        silent = stall(port, 3, "silent")
+        during = node.cli("echo", "self-tls")
+        assert during.returncode == 0 and "OK" in during.stdout, (during.stdout, during.stderr)
+        assert not any(closed_by_peer(s) for s in silent), "the silent sockets were still open during the echo"
+        assert all(closed_by_peer(s, wait=30) for s in silent), "tls_handshake_timeout_s frees them"
+        for s in silent:
+            s.close()
         no_cert = node.cli("echo", "self-no-cert")
         assert no_cert.returncode != 0 and "FAILED" in no_cert.stdout, (no_cert.stdout, no_cert.stderr[-500:])
         plain = node.cli("echo", "self-plain")
