@@ -25,6 +25,7 @@ from cephnode.cephalometry.frame import (
     signed_distance,
 )
 from cephnode.domain.result import InferenceResult
+from cephnode.domain.flags import Caveat, MeasurementFlag
 
 UNITS = {"angle": "deg", "distance": "mm", "ratio": "%"}
 
@@ -49,7 +50,7 @@ class Measurement:
     norm: Norm
     deviation_sd: float | None        # (value - mean) / SD, when the norm has an SD
     landmarks: tuple[str, ...]
-    flags: tuple[str, ...] = ()       # "low-confidence:Pog", "rule-based:Prn", "unavailable:Co", ...
+    flags: tuple[MeasurementFlag, ...] = ()   # low-confidence:Pog, rule-based:Prn, unavailable:Co, ...
     omitted_reason: str = ""
     # What to draw: one open polyline in SOURCE-image pixels (x, y) along the lines measured on.
     polyline: tuple[tuple[float, float], ...] = ()
@@ -361,20 +362,20 @@ CLASSIFIERS = (
 
 # --- the analysis ----------------------------------------------------------------------------
 
-def _landmark_flags(result: InferenceResult, names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+def _landmark_flags(result: InferenceResult, names: tuple[str, ...]) -> tuple[list[MeasurementFlag], list[str]]:
     flags, missing = [], []
     for n in names:
         lm = result.landmark(n)
         if not lm.available:
             missing.append(n)
-            flags.append(f"unavailable:{n}")
+            flags.append(MeasurementFlag(Caveat.UNAVAILABLE, n))
             continue
         if lm.level == "low":
-            flags.append(f"low-confidence:{n}")
+            flags.append(MeasurementFlag(Caveat.LOW_CONFIDENCE, n))
         if getattr(result, "qc", None) is not None and n in result.qc.doubtful_landmarks:
-            flags.append(f"qc-doubtful:{n}")
+            flags.append(MeasurementFlag(Caveat.QC_DOUBTFUL, n))
         if not lm.predicted:
-            flags.append(f"rule-based:{n}")
+            flags.append(MeasurementFlag(Caveat.RULE_BASED, n))
     return flags, missing
 
 
@@ -398,16 +399,16 @@ def analyse(result: InferenceResult) -> Analysis:
             out.append(Measurement(value=None, deviation_sd=None, flags=tuple(flags), omitted_reason=reason, **common))
             continue
         if d.kind == "distance" and not frame.spacing_known:
-            flags.append("spacing-unknown")
+            flags.append(MeasurementFlag(Caveat.SPACING_UNKNOWN))
             out.append(Measurement(value=None, deviation_sd=None, flags=tuple(flags),
                                    omitted_reason="pixel spacing unknown: mm values cannot be measured", **common))
             continue
         if not frame.spacing_known:
-            flags.append("square-pixels-assumed")
+            flags.append(MeasurementFlag(Caveat.SQUARE_PIXELS_ASSUMED))
         try:
             value, line = d.compute(p)
         except DegenerateGeometry as exc:
-            flags.append("degenerate")
+            flags.append(MeasurementFlag(Caveat.DEGENERATE))
             out.append(Measurement(value=None, deviation_sd=None, flags=tuple(flags),
                                    omitted_reason=f"degenerate geometry ({exc}) among {', '.join(d.landmarks)}",
                                    **common))

@@ -12,6 +12,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from cephnode.domain.flags import Caveat, MeasurementFlag
 from cephnode.domain.landmarks import CANONICAL_25, FULL_NAMES
 
 SCHEME = "99CEPHNODE"
@@ -132,23 +133,25 @@ NOT_COMPUTED_DEGENERATE = private("NC-DEGENERATE", "Not computed: landmarks coin
 CAVEAT = private("CAVEAT", "Measurement caveat")
 
 
-def caveat_code(flag: str) -> Code:
-    """A flag of cephalometry.analysis ('low-confidence:Pog', 'spacing-unknown', ...) as a code."""
-    kind, _, lm = flag.partition(":")
-    short = {"low-confidence": "LOWCONF", "rule-based": "RULE", "unavailable": "UNAVAIL"}
-    if kind in short and lm in LANDMARKS:
-        meaning = {"LOWCONF": "Low-confidence landmark used", "RULE": "Rule-placed landmark used",
-                   "UNAVAIL": "Landmark unavailable"}[short[kind]]
-        return private(f"{short[kind]}-{lm.upper().replace('_', '-')}", f"{meaning}: {lm}")
-    if kind == "spacing-unknown":
+def caveat_code(flag: MeasurementFlag) -> Code:
+    """A caveat of a measurement (cephalometry.analysis) as a code."""
+    lm = flag.landmark
+    tag = lm.upper().replace("_", "-") if lm else ""
+    if flag.caveat is Caveat.LOW_CONFIDENCE:
+        return private(f"LOWCONF-{tag}", f"Low-confidence landmark used: {lm}")
+    if flag.caveat is Caveat.RULE_BASED:
+        return private(f"RULE-{tag}", f"Rule-placed landmark used: {lm}")
+    if flag.caveat is Caveat.UNAVAILABLE:
+        return private(f"UNAVAIL-{tag}", f"Landmark unavailable: {lm}")
+    if flag.caveat is Caveat.QC_DOUBTFUL:
+        return private(f"QCDOUBT-{tag}", f"Landmark doubtful by quality control: {lm}")
+    if flag.caveat is Caveat.SPACING_UNKNOWN:
         return private("SPACING-UNKNOWN", "Pixel spacing unknown")
-    if kind == "degenerate":
+    if flag.caveat is Caveat.DEGENERATE:
         return private("DEGENERATE", "Landmarks coincide: geometry undefined")
-    if kind == "qc-doubtful" and lm in LANDMARKS:
-        return private(f"QCDOUBT-{lm.upper().replace('_', '-')}", f"Landmark doubtful by quality control: {lm}")
-    if kind == "square-pixels-assumed":
+    if flag.caveat is Caveat.SQUARE_PIXELS_ASSUMED:
         return private("SQUARE-PX", "Square pixels assumed (pixel spacing unknown)")
-    raise ValueError(f"no code for flag {flag!r}")
+    raise ValueError(f"no code for flag {flag}")
 
 
 # --- classifications ------------------------------------------------------------------------

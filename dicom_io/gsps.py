@@ -48,7 +48,7 @@ def measurement_text(m: Measurement) -> str:
         text += f" {m.deviation_sd:+.1f} SD"
     elif m.status in ("above", "below"):
         text += f" {m.status} range"
-    if any(f.startswith(("low-confidence", "rule-based", "qc-doubtful")) for f in m.flags):
+    if any(f.caveat.doubtful for f in m.flags):
         text += " [check]"
     return text
 

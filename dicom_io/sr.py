@@ -56,6 +56,7 @@ from cephnode.dicom_io import codes, qc_content
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.result import InferenceResult, Landmark
 from cephnode.dicom_io.equipment import MANUFACTURER
+from cephnode.domain.flags import Caveat
 
 PIXEL_CORNER_OFFSET = 0.5
 
@@ -172,9 +173,10 @@ def _unavailable_landmarks(result: InferenceResult, parts: _Parts) -> list[Conte
 
 
 def _not_computed_status(m: CephMeasurement):
-    if any(f.startswith("unavailable:") for f in m.flags):
+    caveats = {f.caveat for f in m.flags}
+    if Caveat.UNAVAILABLE in caveats:
         return codes.NOT_COMPUTED_LANDMARK
-    if "spacing-unknown" in m.flags:
+    if Caveat.SPACING_UNKNOWN in caveats:
         return codes.NOT_COMPUTED_SPACING
     return codes.NOT_COMPUTED_DEGENERATE
 

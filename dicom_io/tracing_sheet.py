@@ -197,10 +197,9 @@ def _draw_table(analysis: Analysis, height: int, width: int, title: str) -> np.n
             text(f"{m.deviation_sd:+.1f}", cols[3], base, ink)
         note = m.omitted_reason.replace("landmark unavailable: ", "no ").replace(
             "pixel spacing unknown: mm values cannot be measured", "no pixel spacing")
-        marks = ("low-confidence", "rule-based", "qc-doubtful")
-        if not note and any(f.startswith(marks) for f in m.flags):
+        if not note and any(f.caveat.doubtful for f in m.flags):
             # a rule-placed point is usually low-confidence too: name each landmark once
-            doubtful = dict.fromkeys(f.split(":")[1] for f in m.flags if f.startswith(marks))
+            doubtful = dict.fromkeys(f.landmark for f in m.flags if f.caveat.doubtful)
             note = "check: " + ", ".join(doubtful)
         text(note[:28], cols[4], base, MUTED if m.value is None else (160, 60, 0))
     # legend

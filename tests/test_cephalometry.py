@@ -9,6 +9,7 @@ import pytest
 from cephnode.cephalometry.analysis import DEFINITIONS, analyse
 from cephnode.cephalometry.annotations import result_from_points
 from cephnode.domain.landmarks import CANONICAL_25
+from cephnode.domain.flags import Caveat, MeasurementFlag
 
 # A plausible face looking RIGHT (x grows anteriorly, y downwards), in pixels of a 0.1 mm grid.
 FACE_RIGHT = {
@@ -95,9 +96,9 @@ def test_unknown_spacing_omits_mm_values_with_the_reason_and_keeps_angles():
     assert not a.spacing_known
     mm = [m for m in a.measurements if m.unit == "mm"]
     assert mm and all(m.value is None and "pixel spacing unknown" in m.omitted_reason for m in mm)
-    assert all("spacing-unknown" in m.flags for m in mm)
+    assert all(MeasurementFlag(Caveat.SPACING_UNKNOWN) in m.flags for m in mm)
     angles = [m for m in a.measurements if m.unit in ("deg", "%")]
-    assert angles and all(m.value is not None and "square-pixels-assumed" in m.flags for m in angles)
+    assert angles and all(m.value is not None and MeasurementFlag(Caveat.SQUARE_PIXELS_ASSUMED) in m.flags for m in angles)
     with_spacing = analyse(make(FACE_RIGHT))
     assert a.get("steiner.sna").value == pytest.approx(with_spacing.get("steiner.sna").value)
 
@@ -108,7 +109,7 @@ def test_unavailable_landmarks_leave_their_measurements_out_with_the_reason():
     for key in ("mcnamara.co_a", "mcnamara.co_gn", "mcnamara.co_difference", "ricketts.cranial_deflection"):
         m = a.get(key)
         assert m.value is None and "landmark unavailable" in m.omitted_reason
-        assert any(f.startswith("unavailable:") for f in m.flags)
+        assert any(f.caveat is Caveat.UNAVAILABLE for f in m.flags)
     assert a.get("steiner.sna").value is not None
     assert {m.key for m in a.computed} | {m.key for m in a.omitted} == {d.key for d in DEFINITIONS}
 
@@ -116,8 +117,8 @@ def test_unavailable_landmarks_leave_their_measurements_out_with_the_reason():
 def test_low_confidence_and_rule_based_landmarks_are_flagged():
     r = make(FACE_RIGHT, Pog={"level": "low", "confidence": 0.1}, Prn={"predicted": False})
     a = analyse(r)
-    assert "low-confidence:Pog" in a.get("downs.facial_angle").flags
-    assert "rule-based:Prn" in a.get("ricketts.ll_eline").flags
+    assert MeasurementFlag(Caveat.LOW_CONFIDENCE, "Pog") in a.get("downs.facial_angle").flags
+    assert MeasurementFlag(Caveat.RULE_BASED, "Prn") in a.get("ricketts.ll_eline").flags
     assert not a.get("steiner.sna").flags
 
 
@@ -190,5 +191,16 @@ def test_coincident_landmarks_leave_the_measurement_out_instead_of_dividing_by_z
     a = analyse(make(pts))
     for key in ("burstone.ul_snpog", "burstone.ll_snpog"):
         m = a.get(key)
-        assert m.value is None and "degenerate" in m.omitted_reason and "degenerate" in m.flags
+        assert m.value is None and "degenerate" in m.omitted_reason and MeasurementFlag(Caveat.DEGENERATE) in m.flags
     assert all(np.isfinite(m.value) for m in a.computed)
+
+
+def test_flags_are_typed_and_read_back_from_their_text():
+    flag = MeasurementFlag(Caveat.LOW_CONFIDENCE, "Pog")
+    assert str(flag) == "low-confidence:Pog" and MeasurementFlag.parse(str(flag)) == flag
+    assert MeasurementFlag.parse("spacing-unknown") == MeasurementFlag(Caveat.SPACING_UNKNOWN)
+    assert flag.caveat.doubtful and not Caveat.UNAVAILABLE.doubtful
+    with pytest.raises(ValueError):
+        MeasurementFlag(Caveat.LOW_CONFIDENCE)          # a landmark caveat names its landmark
+    with pytest.raises(ValueError):
+        MeasurementFlag.parse("blurry")

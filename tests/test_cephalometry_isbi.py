@@ -16,6 +16,7 @@ from cephnode.cephalometry.agreement import agreement_table, markdown
 from cephnode.domain.landmarks import UNLABELLED
 from cephnode.training import isbi
 from cephnode.training.isbi_agreement import isbi_pairs
+from cephnode.domain.flags import Caveat, MeasurementFlag
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_unlabelled_landmarks_leave_their_measurements_out_honestly(pairs):
                     ("mcnamara.co_gn", "Co"), ("mcnamara.co_difference", "Co"),
                     ("ricketts.cranial_deflection", "Ba"), ("ricketts.ll_eline", "Prn")]:
         assert key in omitted, key
-        assert lm in omitted[key].omitted_reason and f"unavailable:{lm}" in omitted[key].flags
+        assert lm in omitted[key].omitted_reason and MeasurementFlag(Caveat.UNAVAILABLE, lm) in omitted[key].flags
     used = {n for m in a.computed for n in m.landmarks}
     assert not used & (set(UNLABELLED) | {"Prn"})
     assert len(a.computed) == len(a.measurements) - 11

@@ -24,6 +24,7 @@ from tests.support.validators import dciodvfy, dicom_sr_validator
 from tests.test_report_sr import DCIODVFY_EXPLAINED, SR_VALIDATOR_EXPLAINED
 from cephnode.training import deviceshift, isbi
 from cephnode.training.evaluate import radial_errors_mm
+from cephnode.domain.flags import Caveat, MeasurementFlag
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_review_flags_the_doubtful_landmark_and_its_measurements(tmp_path):
                                name="001", face="right")
     moved.qc = judge(moved)
     assert moved.qc.verdict == "review" and "Go" in moved.qc.doubtful_landmarks, moved.qc
-    flagged = [m.key for m in analyse(moved).measurements if "qc-doubtful:Go" in m.flags]
+    flagged = [m.key for m in analyse(moved).measurements if MeasurementFlag(Caveat.QC_DOUBTFUL, "Go") in m.flags]
     assert flagged and all("Go" in m.landmarks for m in analyse(moved).measurements if m.key in flagged)
     source = make_dx(read_grey(case.image_path), pixel_spacing_mm=isbi.pixel_spacing_mm())
     (sr,) = build_outputs(source, moved, kinds="sr", pack_name="p", pack_version="1").values()
