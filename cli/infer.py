@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from cephnode.domain.devices import DEVICES
 from cephnode.domain.landmarks import CANONICAL_25
 from cephnode.models import models_root
 from cephnode.inference.pack import MANIFEST, PackError, default_pack_dir, load_pack
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", type=Path, default=None, help="model pack folder (default: $CEPHNODE_MODELS or models/default)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write all results as a JSON list")
     p.add_argument("--overlay", type=Path, default=None, metavar="DIR", help="write <name>.overlay.png tracings here")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per session")
     p.add_argument("--spacing", type=float, nargs=2, default=None, metavar=("ROW_MM", "COL_MM"),
                    help="pixel spacing for raster files (DICOM files carry their own)")
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ml.set_defaults(func=cmd_models_list)
     mv = msub.add_parser("verify", help="check sizes, checksums and ONNX shapes of a pack")
     mv.add_argument("pack", nargs="?", type=Path, default=None)
-    mv.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "tensorrt"))
+    mv.add_argument("--device", default="cpu", choices=DEVICES)
     mv.set_defaults(func=cmd_models_verify)
     from cephnode.inference.fetch import DEFAULT_REPO_ID, DEFAULT_REVISION
 

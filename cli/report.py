@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pydicom
 
+from cephnode.domain.devices import DEVICES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write the SR/SEG/GSPS/tracing sheet for one DICOM image (no network)")
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--result", type=Path, default=None, metavar="RESULT.json",
                    help="use landmarks from this InferenceResult JSON (e.g. from `cephnode infer --json`) "
                         "instead of running the models")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_report)
 

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from cephnode.inference.sessions import DEVICES
+from cephnode.domain.devices import DEVICES
 from cephnode.models import default_pack_dir
 from cephnode.training import TORCH_DEVICES, isbi
 from cephnode.training.release import ABLATION_STAGE1_EPOCHS, DEFAULT_STAGE1_EPOCHS, report_dir

@@ -24,10 +24,9 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
+from cephnode.domain.devices import DEVICES
 from cephnode.inference import contract
 from cephnode.inference.pack import ModelPack, PackError
-
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 
 
 def requested_providers(device: str = "auto") -> list:

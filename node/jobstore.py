@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-UNFINISHED_JOB_STATES = ("queued", "processing", "delivering")
+from cephnode.domain.states import UNFINISHED_JOB_STATES, DeliveryState, JobState
+
 # Job note prefix of a tracing the quality gate failed (inference.quality); `status` lists them.
 MANUAL_TRACING = "needs manual tracing"
 
@@ -61,7 +62,7 @@ class Job:
     id: int
     sop_uid: str
     study_uid: str | None
-    state: str
+    state: JobState
     attempts: int
     error: str | None
     path: str                 # the spooled instance
@@ -75,6 +76,19 @@ class Expired:
     sop_uid: str
     path: str                 # the spooled instance
     output_paths: list[str]   # empty when the outbox is the results' only copy
+
+
+@dataclass(frozen=True)
+class PlannedDelivery:
+    """An object to send to one destination, as processing plans it (finish_processing queues it)."""
+    destination: str         # a configured destination name, or 'sender'
+    ae_title: str            # "" for a DICOMweb destination
+    host: str                # the DICOMweb URL for a DICOMweb destination
+    port: int
+    kind: str
+    sop_uid: str
+    sop_class: str
+    path: str
 
 
 @dataclass
@@ -254,7 +268,7 @@ class JobStore:
                        " lease_expires_at=? WHERE id=?", (now, self.owner, now + self.lease_s, row["id"]))
         self._claimed[row["id"]] = row["attempts"] + 1
         self._keep_leases()
-        return Job(row["id"], row["sop_uid"], row["study_uid"], "processing", row["attempts"] + 1, None,
+        return Job(row["id"], row["sop_uid"], row["study_uid"], JobState.PROCESSING, row["attempts"] + 1, None,
                    row["path"], row["calling_ae"], row["peer_host"])
 
     def _still_ours(self, job_id: int, attempt: int | None) -> tuple[str, tuple]:
@@ -303,32 +317,33 @@ class JobStore:
                        " WHERE id=?", (error, now + delay_s, now, job_id))
         self._claimed.pop(job_id, None)
 
-    def finish_processing(self, job_id: int, outputs: list[dict[str, Any]], deliveries: list[dict[str, Any]],
-                          timings: dict[str, float], *, note: str | None = None, attempt: int | None = None) -> str:
+    def finish_processing(self, job_id: int, outputs: list[dict[str, Any]], deliveries: list[PlannedDelivery],
+                          timings: dict[str, float], *, note: str | None = None,
+                          attempt: int | None = None) -> JobState:
         """Record the produced objects and queue their deliveries in one transaction.
         Returns the job's new state (delivering, or done when nothing is to be sent). If the claim
         no longer stands (this worker's lease expired and another worker took the job over),
         nothing is recorded and the job's current state is returned: the other worker makes
         the very same objects (derived UIDs), so they are delivered once, by whoever finishes."""
         now = time.time()
-        state = "delivering" if deliveries else "done"
+        state = JobState.DELIVERING if deliveries else JobState.DONE
         where, args = self._still_ours(job_id, attempt)
         with self._tx() as db:
             updated = db.execute(
                 "UPDATE jobs SET state=?, error=?, outputs=?, timings=?, updated_at=?, finished_at=?, lease_owner=NULL,"
                 f" lease_expires_at=NULL WHERE {where}",
-                (state, note, json.dumps(outputs), json.dumps(timings), now, now if state == "done" else None,
+                (state, note, json.dumps(outputs), json.dumps(timings), now, now if state is JobState.DONE else None,
                  *args)).rowcount
             if not updated:
                 row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-                return row["state"] if row else "missing"
+                return JobState(row["state"]) if row else JobState.FAILED
             if deliveries:
                 db.executemany(
                     "INSERT INTO deliveries (job_id, destination, ae_title, host, port, kind, sop_uid,"
                     " sop_class, path, state, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?, 'pending', ?)"
                     " ON CONFLICT DO NOTHING",
-                    [(job_id, d["destination"], d["ae_title"], d["host"], d["port"], d["kind"], d["sop_uid"],
-                      d["sop_class"], d["path"], now) for d in deliveries])
+                    [(job_id, d.destination, d.ae_title, d.host, d.port, d.kind, d.sop_uid, d.sop_class, d.path, now)
+                     for d in deliveries])
         self._released(job_id, True)
         return state
 
@@ -366,7 +381,7 @@ class JobStore:
                              " ELSE next_attempt_at END) FROM deliveries WHERE state='pending'").fetchone()
         return row[0]
 
-    def delivery_succeeded(self, delivery: Delivery) -> str:
+    def delivery_succeeded(self, delivery: Delivery) -> JobState:
         now = time.time()
         with self._tx() as db:
             self._lock_job(db, delivery.job_id)
@@ -374,7 +389,7 @@ class JobStore:
                        " lease_owner=NULL, lease_expires_at=NULL WHERE id=? AND state='pending'", (now, delivery.id))
             return self._settle_job(db, delivery.job_id, now)
 
-    def delivery_failed(self, delivery: Delivery, error: str, *, retry_in_s: float | None) -> str:
+    def delivery_failed(self, delivery: Delivery, error: str, *, retry_in_s: float | None) -> JobState:
         """retry_in_s None: park as failed now (last attempt, or a permanent refusal)."""
         now = time.time()
         with self._tx() as db:
@@ -394,20 +409,20 @@ class JobStore:
         db.execute("SELECT id FROM jobs WHERE id=?" + self._lock(), (job_id,)).fetchone()
 
     @staticmethod
-    def _settle_job(db, job_id: int, now: float) -> str:
+    def _settle_job(db, job_id: int, now: float) -> JobState:
         counts = {r[0]: r[1] for r in db.execute(
             "SELECT state, COUNT(*) FROM deliveries WHERE job_id=? GROUP BY state", (job_id,))}
-        if counts.get("pending"):
-            return "delivering"
-        if counts.get("failed"):
+        if counts.get(DeliveryState.PENDING):
+            return JobState.DELIVERING
+        if counts.get(DeliveryState.FAILED):
             errors = [f"{r[0]}: {r[1]}" for r in db.execute(
                 "SELECT destination || ' ' || kind, last_error FROM deliveries WHERE job_id=? AND state='failed'"
                 " ORDER BY id", (job_id,))]
             db.execute("UPDATE jobs SET state='failed', error=?, updated_at=?, finished_at=? WHERE id=?",
                        ("delivery failed: " + "; ".join(errors), now, now, job_id))
-            return "failed"
+            return JobState.FAILED
         db.execute("UPDATE jobs SET state='done', updated_at=?, finished_at=? WHERE id=?", (now, now, job_id))
-        return "done"
+        return JobState.DONE
 
     # ---- leases -----------------------------------------------------------------------
     def renew_leases(self, *, owner: str | None = None, now: float | None = None) -> int:

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from cephnode.domain.states import JobState
 from cephnode.node.jobstore import JobStore
 
 # Job phase timings as the processor records them (milliseconds) -> phase label.
@@ -129,7 +130,7 @@ class NodeMetrics:
         for key, phase in PHASES.items():
             if isinstance(timings.get(key), (int, float)):
                 self.job_phase.labels(phase).observe(timings[key] / 1000.0)
-        if state != "delivering":               # delivering: its outcome comes from the deliveries
+        if state != JobState.DELIVERING:               # delivering: its outcome comes from the deliveries
             self.jobs.labels(state).inc()
 
     def delivery(self, destination: str, outcome: str, *, seconds: float | None = None,
@@ -137,7 +138,7 @@ class NodeMetrics:
         self.deliveries.labels(destination, outcome).inc()
         if seconds is not None:
             self.job_phase.labels("delivery").observe(seconds)
-        if job_state is not None and job_state != "delivering":
+        if job_state is not None and job_state != JobState.DELIVERING:
             self.jobs.labels(job_state).inc()
 
 

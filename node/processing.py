@@ -22,7 +22,8 @@ from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 from cephnode.dicom_io.spool import is_valid_uid, safe_name, write_atomic
 from cephnode.node import faults
 from cephnode.domain.outputs import OutputKind
-from cephnode.node.jobstore import MANUAL_TRACING, Job, JobStore
+from cephnode.domain.states import JobState
+from cephnode.node.jobstore import MANUAL_TRACING, Job, JobStore, PlannedDelivery
 from cephnode.node.logs import get_logger, sanitize_error, sanitize_traceback
 from cephnode.node.result_objects import build_result_objects
 
@@ -179,7 +180,7 @@ class Processor:
         return produced
 
 
-def record_outcome(cfg: NodeConfig, store: JobStore, job: Job, outcome: JobOutcome) -> str:
+def record_outcome(cfg: NodeConfig, store: JobStore, job: Job, outcome: JobOutcome) -> JobState:
     """Parent side: write a worker's outcome to the queue (objects and their deliveries in
     one transaction, or the failure with its reason); returns the job's new state."""
     ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
@@ -187,7 +188,7 @@ def record_outcome(cfg: NodeConfig, store: JobStore, job: Job, outcome: JobOutco
         # attempt: the claim's fencing token (a worker whose lease expired changes nothing)
         store.fail_job(job.id, outcome.reason or "failed", timings=outcome.timings, attempt=job.attempts)
         log.warning("job_failed", **ctx, reason=outcome.reason, timings_ms=outcome.timings)
-        return "failed"
+        return JobState.FAILED
     deliveries = _deliveries(cfg, job, outcome.objects)
     state = store.finish_processing(job.id, outcome.objects, deliveries, outcome.timings,
                                     note="; ".join(outcome.notes) or None, attempt=job.attempts)
@@ -196,13 +197,14 @@ def record_outcome(cfg: NodeConfig, store: JobStore, job: Job, outcome: JobOutco
     return state
 
 
-def _deliveries(cfg: NodeConfig, job: Job, objects: list[dict[str, str]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _deliveries(cfg: NodeConfig, job: Job, objects: list[dict[str, str]]) -> list[PlannedDelivery]:
+    out: list[PlannedDelivery] = []
     for dest in cfg.destinations:
         for o in objects:
             if o["kind"] in dest.kinds:
-                out.append({"destination": dest.name, "ae_title": dest.ae_title or "",   # DICOMweb: no AE,
-                            "host": dest.host or dest.url, "port": dest.port or 0, **_obj(o)})  # the URL
+                # a DICOMweb destination has no AE title, and its URL stands for host and port
+                out.append(PlannedDelivery(dest.name, dest.ae_title or "", dest.host or dest.url, dest.port or 0,
+                                           **_obj(o)))
     rts = cfg.return_to_sender
     if rts.enabled:
         caller = {c.ae_title: c for c in cfg.listen.allowed_callers}.get(job.calling_ae or "")
@@ -212,8 +214,7 @@ def _deliveries(cfg: NodeConfig, job: Job, objects: list[dict[str, str]]) -> lis
         else:
             for o in objects:
                 if o["kind"] in rts.kinds:
-                    out.append({"destination": "sender", "ae_title": caller.ae_title, "host": job.peer_host,
-                                "port": caller.return_port, **_obj(o)})
+                    out.append(PlannedDelivery("sender", caller.ae_title, job.peer_host, caller.return_port, **_obj(o)))
     return out
 
 
@@ -231,7 +232,7 @@ def qc_note(result: Any, notes: list[str], ctx: dict[str, Any]) -> None:
         log.info("qc_review", **ctx, reasons=qc.reasons, doubtful=qc.doubtful_landmarks)
 
 
-def _obj(o: dict[str, str]) -> dict[str, Any]:
+def _obj(o: dict[str, str]) -> dict[str, str]:
     return {"kind": o["kind"], "sop_uid": o["sop_uid"], "sop_class": o["sop_class"], "path": o["path"]}
 
 

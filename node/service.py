@@ -29,6 +29,7 @@ import pydicom
 
 from cephnode.config.schema import NodeConfig
 from cephnode.dicom_io.spool import remove_partials
+from cephnode.domain.states import JobState
 from cephnode.node.delivery import Deliverer
 from cephnode.node.jobstore import InstanceRecord, JobStore, open_store
 from cephnode.node.logs import get_logger, sanitize_error
@@ -219,10 +220,10 @@ class NodeService:
             self._wake_scheduler.wait(min(POLL_S, max(quiet / 4, 0.05)))
             self._wake_scheduler.clear()
 
-    def _job_settled(self, job, state: str) -> None:
+    def _job_settled(self, job, state: JobState) -> None:
         """A worker's job reached a state (in this process: the children never see metrics)."""
         self.metrics.job_returned(job.id, state)
-        if state == "delivering":
+        if state is JobState.DELIVERING:
             self._wake_delivery.set()
 
     def _delivery_loop(self) -> None:

@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from cephnode.config.schema import NodeConfig
+from cephnode.domain.states import JobState
 from cephnode.node.jobstore import Job, JobStore
 from cephnode.node.logs import get_logger, sanitize_error
 from cephnode.node.processing import JobOutcome, record_outcome
@@ -234,7 +235,7 @@ class WorkerPool:
     """processing.workers slots, each a thread in the node that feeds its own child process."""
 
     def __init__(self, cfg: NodeConfig, store: JobStore, *, stop: threading.Event, wake: threading.Event,
-                 on_state: Callable[[Job, str], None] | None = None):
+                 on_state: Callable[[Job, JobState], None] | None = None):
         self.cfg = cfg
         self.store = store
         self._stop = stop
@@ -298,7 +299,7 @@ class WorkerPool:
                 self._paused = outcome.reason
                 log.error("processing_paused", reason=outcome.reason, retry_in_s=delay,
                           detail="jobs wait and resume by themselves when the condition clears")
-            state = "queued"
+            state = JobState.QUEUED
         elif outcome is not None:
             if self._paused is not None:
                 log.info("processing_resumed", after=self._paused)
@@ -311,12 +312,12 @@ class WorkerPool:
                 self.store.requeue_job(job.id, f"{lost} (attempt {job.attempts} of {p.max_processing_attempts})",
                                        attempt=job.attempts)
                 log.warning("job_interrupted", **ctx, reason=lost, retry=True)
-                state = "queued"
+                state = JobState.QUEUED
             else:
                 reason = f"{lost} (attempt {job.attempts} of {p.max_processing_attempts}; parked)"
                 self.store.fail_job(job.id, reason, attempt=job.attempts)
                 log.warning("job_failed", **ctx, reason=reason)
-                state = "failed"
+                state = JobState.FAILED
         if self._on_state is not None:
             self._on_state(job, state)
 

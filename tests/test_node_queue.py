@@ -7,7 +7,8 @@ import time
 import numpy as np
 
 from cephnode.config.schema import SelectionRules
-from cephnode.node.jobstore import InstanceRecord, JobStore
+from cephnode.domain.states import JobState
+from cephnode.node.jobstore import InstanceRecord, JobStore, PlannedDelivery
 from cephnode.node.selection import evaluate
 from tests.support import dicomgen
 from tests.support.postgres import queue_target  # noqa: F401 (a fixture)
@@ -65,8 +66,8 @@ def test_delivery_outcomes_settle_the_job(queue_target):
     store.close_quiet_studies(0, now=1)
     job = store.claim_job()
     objs = [{"kind": k, "sop_uid": f"9.{i}", "sop_class": "1.2", "path": f"/o/{k}.dcm"} for i, k in enumerate(("sr", "gsps"))]
-    deliveries = [{"destination": "pacs", "ae_title": "P", "host": "h", "port": 1, **o} for o in objs]
-    assert store.finish_processing(job.id, objs, deliveries, {"total_ms": 1.0}) == "delivering"
+    deliveries = [PlannedDelivery("pacs", "P", "h", 1, **o) for o in objs]
+    assert store.finish_processing(job.id, objs, deliveries, {"total_ms": 1.0}) is JobState.DELIVERING
     due = store.claim_deliveries()
     assert len(due) == 2 and store.claim_deliveries() == []      # claimed: no one else takes them
     store.delivery_succeeded(due[0])

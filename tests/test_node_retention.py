@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from cephnode.node.jobstore import InstanceRecord, JobStore
+from cephnode.node.jobstore import InstanceRecord, JobStore, PlannedDelivery
 from cephnode.node.retention import DAY_S, prune
 from tests.support.postgres import queue_target  # noqa: F401 (a fixture)
 
@@ -30,8 +30,7 @@ def _process(store, outbox, *, deliveries: int):
     job = store.claim_job()
     out = _file(outbox / job.study_uid / job.sop_uid / "sr-9.dcm")
     obj = {"kind": "sr", "sop_uid": "9." + job.sop_uid, "sop_class": "1.2.840.10008.5.1.4.1.1.88.34", "path": str(out)}
-    dels = [{"destination": f"pacs{i}", "ae_title": "PACS", "host": "127.0.0.1", "port": 104, "kind": "sr",
-             "sop_uid": obj["sop_uid"], "sop_class": obj["sop_class"], "path": str(out)} for i in range(deliveries)]
+    dels = [PlannedDelivery(f"pacs{i}", "PACS", "127.0.0.1", 104, **obj) for i in range(deliveries)]
     store.finish_processing(job.id, [obj], dels, {})
     return job, out
 

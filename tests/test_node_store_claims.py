@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cephnode.node.jobstore import InstanceRecord, JobStore
+from cephnode.node.jobstore import InstanceRecord, JobStore, PlannedDelivery
 from tests.support.postgres import queue_target  # noqa: F401 (a fixture)
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -26,7 +26,7 @@ def _queue(store, n, *, study="1.9"):
 
 def _outputs(job, destinations=("pacs",)):
     objs = [{"kind": "sr", "sop_uid": "2.25." + job.sop_uid.replace(".", ""), "sop_class": "1.2", "path": "/o/sr.dcm"}]
-    return objs, [{"destination": d, "ae_title": "P", "host": "h", "port": 1, **o} for o in objs for d in destinations]
+    return objs, [PlannedDelivery(d, "P", "h", 1, **o) for o in objs for d in destinations]
 
 
 def _run_threads(targets):
