@@ -156,7 +156,7 @@ class Receiver:
         tempfile.tempdir = str(self.incoming_dir)
         _config.STORE_RECV_CHUNKED_DATASET = True
         self._server = start_server(self.ae, (listen.bind_address, listen.port), limits=self.cfg.limits,
-                                    tls_context=ssl_context, evt_handlers=handlers)
+                                    tls_context=ssl_context, evt_handlers=handlers, incoming_dir=str(self.incoming_dir))
         if not self._allowed:
             log.warning("access_control_open", detail="no listen.allowed_callers: any calling AE is accepted")
         log.info("listening", ae_title=listen.ae_title, address=listen.bind_address, port=self.port,
@@ -218,12 +218,18 @@ class Receiver:
         ctx = {"sop_uid": sop_uid if is_valid_uid(sop_uid) else safe_name(sop_uid), "calling_ae": calling}
         sock = event.assoc.dul.socket
         oversize = sock.take_oversize() if hasattr(sock, "take_oversize") else None
+        no_space = sock.take_no_space() if hasattr(sock, "take_no_space") else None
         limit = self.cfg.limits.max_instance_mb * 2**20
         if self.watermark is not None and self.watermark.low():
             # Refuse before writing anything: the sender keeps the instance and retries later.
             log.error("store_refused_disk_low", **ctx, free_bytes=self.watermark.free_bytes(),
                       min_free_bytes=self.watermark.min_free_bytes)
             self._count_refused("disk_low")
+            return STATUS_OUT_OF_RESOURCES
+        if no_space is not None:
+            # the disk filled (node.transport dropped the fragments): transient, the sender retries
+            self.transient.set("disk_full", f"no room on the spool's disk for a {no_space}-byte data set")
+            self._count_refused("disk_full")
             return STATUS_OUT_OF_RESOURCES
         if oversize is not None:
             log.warning("instance_refused", **ctx, status="0xA700",

@@ -18,6 +18,7 @@ the association's thread and frees its slot.
 """
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
@@ -34,6 +35,9 @@ log = get_logger("cephnode.transport")
 PDATA_TF = 0x04
 MAX_OTHER_PDU = 2**20        # A-ASSOCIATE-RQ with every context we support is a few KiB
 KNOWN_PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
+# Free space kept beyond a PDU's own size before its data set fragments are written (the
+# queue database and the rename into the spool need a little too).
+SPACE_MARGIN = 1 << 20
 
 
 class PduRefused(OSError):
@@ -48,20 +52,40 @@ class BoundedSocket(AssociationSocket):
     limits: LimitsConfig
     max_pdata: int
 
-    def _init_bounds(self, limits: LimitsConfig, max_pdata: int, peer: str, first_pdu: bytes = b"") -> None:
+    def _init_bounds(self, limits: LimitsConfig, max_pdata: int, peer: str, first_pdu: bytes = b"",
+                     incoming_dir: str | None = None) -> None:
         self.limits = limits
         self.max_pdata = max_pdata
         self.peer = peer
         self._first = first_pdu       # the A-ASSOCIATE-RQ, already read by the handler
         self._body: bytes | None = None
         self._data_bytes = 0          # data set bytes of the C-STORE being received
-        self._dropping = False        # over the instance limit: fragments are dropped
-        self.oversize_bytes: int | None = None   # set when a dropped data set completes
+        self._dropping = False        # over the instance limit, or no room: fragments are dropped
+        self._no_space = False        # dropping because the receiving disk is full
+        self.oversize_bytes: int | None = None   # set when a data set dropped for its size completes
+        self.no_space_bytes: int | None = None   # set when a data set dropped for want of disk completes
+        # where pynetdicom writes the fragments (the spool's .incoming): a full disk there
+        # would otherwise raise inside the DUL thread and abort the association unanswered
+        self.incoming_dir = incoming_dir
 
     def take_oversize(self) -> int | None:
         """Bytes the last completed data set had when it went over the limit, then reset."""
         value, self.oversize_bytes = self.oversize_bytes, None
         return value
+
+    def take_no_space(self) -> int | None:
+        """Bytes the last completed data set had when the disk had no room for it, then reset."""
+        value, self.no_space_bytes = self.no_space_bytes, None
+        return value
+
+    def _room_for(self, nbytes: int) -> bool:
+        if self.incoming_dir is None:
+            return True
+        try:
+            st = os.statvfs(self.incoming_dir)
+        except OSError:
+            return True               # cannot tell: let the write itself decide
+        return st.f_bavail * st.f_frsize >= nbytes + SPACE_MARGIN
 
     @property
     def ready(self) -> bool:
@@ -126,6 +150,7 @@ class BoundedSocket(AssociationSocket):
         cap = self.limits.max_instance_mb * 2**20
         out: list[bytes] = []
         changed = False
+        room = None                   # checked once per PDU, when it carries data set bytes
         i = 0
         while i + 6 <= len(body):
             (item_len,) = struct.unpack(">L", body[i:i + 4])
@@ -135,7 +160,13 @@ class BoundedSocket(AssociationSocket):
             fragment_len = item_len - 2
             if not ctrl & 0x01:          # a data set fragment (bit 0 clear)
                 self._data_bytes += fragment_len
-                if self._data_bytes > cap:
+                if not self._dropping:
+                    room = self._room_for(len(body)) if room is None else room
+                    if not room:
+                        self._dropping = self._no_space = True
+                        log.warning("instance_no_space", peer_host=self.peer,
+                                    detail="the spool's disk is full; the C-STORE gets 0xA700")
+                if self._data_bytes > cap or self._dropping:
                     if not self._dropping:
                         self._dropping = True
                         log.warning("instance_too_large", peer_host=self.peer, limit_mb=self.limits.max_instance_mb,
@@ -145,9 +176,11 @@ class BoundedSocket(AssociationSocket):
                 else:
                     out.append(body[i:i + 4 + item_len])
                 if ctrl & 0x02:          # last fragment: the data set is complete
-                    if self._dropping:
+                    if self._no_space:
+                        self.no_space_bytes = self._data_bytes
+                    elif self._dropping:
                         self.oversize_bytes = self._data_bytes
-                    self._data_bytes, self._dropping = 0, False
+                    self._data_bytes, self._dropping, self._no_space = 0, False, False
             else:
                 out.append(body[i:i + 4 + item_len])
             i += 4 + item_len
@@ -196,7 +229,8 @@ class BoundedRequestHandler(RequestHandler):
         sock = assoc.dul.socket
         sock.__class__ = BoundedSocket
         sock._init_bounds(self.server.limits, int(self.ae.maximum_pdu_size or 2**32 - 1),
-                          str(self.client_address[0]), getattr(self, "_first_pdu", b""))
+                          str(self.client_address[0]), getattr(self, "_first_pdu", b""),
+                          incoming_dir=getattr(self.server, "incoming_dir", None))
         return assoc
 
 
@@ -237,6 +271,7 @@ class BoundedServer(ThreadedAssociationServer):
 
     limits: LimitsConfig
     tls_context: ssl.SSLContext | None = None
+    incoming_dir: str | None = None
 
     def get_request(self):
         return self.socket.accept()   # no handshake here: the accept loop never waits on a peer
@@ -246,7 +281,7 @@ class BoundedServer(ThreadedAssociationServer):
 
 
 def start_server(ae, address: tuple[str, int], *, limits: LimitsConfig, tls_context: ssl.SSLContext | None,
-                 evt_handlers: list) -> BoundedServer:
+                 evt_handlers: list, incoming_dir: str | None = None) -> BoundedServer:
     """ae.start_server(block=False), with BoundedServer and BoundedRequestHandler."""
     import threading
 
@@ -254,6 +289,7 @@ def start_server(ae, address: tuple[str, int], *, limits: LimitsConfig, tls_cont
                             request_handler=BoundedRequestHandler)
     server.limits = limits
     server.tls_context = tls_context
+    server.incoming_dir = incoming_dir
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="cephnode-acceptor", daemon=True)
     thread.start()
