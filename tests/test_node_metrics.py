@@ -13,13 +13,13 @@ from pathlib import Path
 import pydicom
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
-from pynetdicom import AE
+from pydicom.uid import generate_uid
 
 from tests.support import dicomgen
 from tests.support.dcmtk import start_storescp, storescu
 from tests.support.nodeproc import REPO_ROOT, make_node, test_model_pack
 from tests.support.orthanc import free_port
+from tests.support.scu import c_store
 
 pytestmark = pytest.mark.slow
 
@@ -60,18 +60,6 @@ def value(samples, metric, /, **labels) -> float:
     return samples[(metric, tuple(sorted(labels.items())))]
 
 
-def _send_unusable(path: Path, port: int) -> int:
-    ts = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.TransferSyntaxUID
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ts])
-    assoc = ae.associate("127.0.0.1", port, ae_title="CEPHNODE")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(path).Status)
-    finally:
-        assoc.release()
-
-
 def test_metrics_count_what_was_sent_delivered_and_parked(tmp_path, pack, img):
     down_port = free_port()   # nothing listens there: every delivery to it is retried, then parked
     with start_storescp(tmp_path / "archive", ae_title="ARCHIVE") as archive:
@@ -95,7 +83,7 @@ def test_metrics_count_what_was_sent_delivered_and_parked(tmp_path, pack, img):
             sent = storescu([*cephs, skipped, cephs[0]], node.port, called_ae="CEPHNODE")   # cephs[0] twice
             assert sent.returncode == 0, sent.stderr
             unusable = dicomgen.hostile_files(tmp_path / "hostile", img)["undecodable_syntax"]
-            assert _send_unusable(unusable, node.port) == 0x0000
+            assert c_store(unusable, node.port) == 0x0000
             status = node.wait_for(lambda s: s["queue_depth"] == 0 and s["jobs"].get("failed") == 4,
                                    what="jobs settled (3 parked on 'down', 1 unusable)")
             archive.wait_for_files(3 * len(KINDS))
@@ -160,14 +148,7 @@ def test_below_the_disk_watermark_stores_are_refused_with_out_of_resources(tmp_p
     with node:
         node.start()
         path = dicomgen.save(dicomgen.make_dx(img), tmp_path / "send" / "c.dcm")
-        ds = pydicom.dcmread(path)
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
-        assoc = ae.associate("127.0.0.1", node.port, ae_title="CEPHNODE")
-        assert assoc.is_established
-        status = assoc.send_c_store(ds)
-        assoc.release()
-        assert int(status.Status) == 0xA700                  # out of resources: the sender retries later
+        assert c_store(path, node.port) == 0xA700            # out of resources: the sender retries later
         m = scrape(node)
         assert value(m, "cephnode_stores_refused_total", reason="disk_low") == 1
         assert value(m, "cephnode_instances_received_total") == 0
@@ -178,7 +159,7 @@ def test_below_the_disk_watermark_stores_are_refused_with_out_of_resources(tmp_p
         spool = Path(node.config["storage"]["data_dir"]) / "spool"
         assert not any(p.is_file() for p in spool.rglob("*"))          # nothing half-written
         refused = [e for e in node.log_events() if e.get("event") == "store_refused_disk_low"]
-        assert len(refused) == 1 and refused[0]["sop_uid"] == str(ds.SOPInstanceUID)
+        assert len(refused) == 1 and refused[0]["sop_uid"] == str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def test_the_token_guards_everything_but_healthz(tmp_path, pack):

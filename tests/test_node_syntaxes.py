@@ -29,7 +29,6 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from pynetdicom import AE
 
 from cephnode.dicom_io.spool import safe_name
 from cephnode.dicom_io.transfer_syntaxes import decodable_transfer_syntaxes
@@ -37,6 +36,7 @@ from tests.support import dicomgen
 from tests.support.dcmtk import storescu
 from tests.support.nodeproc import make_node, test_model_pack
 from tests.support.orthanc import free_port
+from tests.support.scu import c_store
 
 pytestmark = pytest.mark.slow
 
@@ -81,18 +81,6 @@ def _encode(src: Path, dst: Path, how, ts: str) -> Path:
     return dst
 
 
-def _send_with_pynetdicom(path: Path, port: int) -> int:
-    ds = pydicom.dcmread(path)
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
-    assoc = ae.associate("127.0.0.1", port, ae_title="CEPHNODE")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(ds).Status)
-    finally:
-        assoc.release()
-
-
 def test_every_decodable_syntax_is_traced_through_the_node(tmp_path, pack):
     decodable = {str(u) for u in decodable_transfer_syntaxes()}
     assert decodable - NOT_SENT == {str(u) for u in ENCODINGS}, "a decodable syntax has no encoding here"
@@ -113,7 +101,7 @@ def test_every_decodable_syntax_is_traced_through_the_node(tmp_path, pack):
         sent = storescu(by_storescu, node.port, called_ae="CEPHNODE")
         assert sent.returncode == 0, sent.stderr
         for ts in STORESCU_CANNOT_PROPOSE:
-            assert _send_with_pynetdicom(sources[ts], node.port) == 0
+            assert c_store(sources[ts], node.port) == 0
         status = node.wait_for(lambda s: s["queue_depth"] == 0 and sum(s["jobs"].values()) == len(ENCODINGS),
                                what="every syntax processed")
         assert status["jobs"] == {"done": len(ENCODINGS)}, [(j["sop_uid"], j["error"]) for j in status["failed_jobs"]]

@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pydicom.uid import generate_uid
 
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
 from tests.support.nodeproc import make_node, test_model_pack
 from tests.support.orthanc import free_port
+from tests.support.scu import c_store
 
 pytestmark = pytest.mark.slow
 
@@ -42,18 +42,6 @@ def fill(disk: Path, leave_bytes: int) -> Path:
     with open(filler, "wb") as fh:
         fh.write(b"\0" * max(0, free - leave_bytes))
     return filler
-
-
-def c_store(path: Path, port: int) -> int:
-    """One C-STORE; the status the node answered."""
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(DigitalXRayImageStorageForPresentation, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", port, ae_title="CEPHNODE")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(str(path)).Status)
-    finally:
-        assoc.release()
 
 
 @pytest.fixture(scope="module")
