@@ -9,15 +9,21 @@ the rightmost point of its coordinates, level with the middle of their vertical 
 a landmark's at the tail of an arrow it draws from a tenth of the image down-right of the point.
 With every line ending on the face, 28 labels then start at N, A, B and the incisors.
 
-So, per measurement, in the order of the report:
+So, per measurement:
 - a point off the film (two nearly parallel lines meet far behind the head) is replaced by
   where its lines leave the film, the two joined along the edge: nothing is drawn off the image;
-- the free ends of the lines of an angle (and the reference line of a point-to-line distance)
-  may be drawn further along the same line, inside the film; of those choices the one whose
-  label box, estimated at a nominal fit-to-window scale, overlaps the least with the landmark
-  labels and the labels already placed wins, shorter lines breaking ties.
+- the free ends of an angle's lines (and the reference line of a point-to-line distance) may be
+  drawn up to 30 % of the film's height further along the same line, and one ray of an angle
+  drawn as [a, vertex, b] may run on through the vertex (the polyline goes there and back);
+- the label box each choice gives is estimated at a nominal fit-to-window scale (position and
+  size agree with OHIF's SVG to within a pixel); the choice wins whose label overlaps least with
+  the landmark labels and the other measurement labels, each 16-character label's worth of
+  overlap costing as much as half the film's height of added line, and a label running past
+  the film's right edge (out of a narrow viewport) costing its overflow. Greedy in the report's
+  order, then passes that see every other label until nothing changes (at most 4).
 A distance's measured segment is never lengthened: it shows the distance itself. Every landmark
-point of the analysis's polyline stays on the drawn polyline, in order.
+point of the analysis's polyline stays on the drawn polyline. The result depends only on the
+landmarks and the film's size, so rebuilding an SR gives the same bytes.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import numpy as np
 
 from cephnode.cephalometry.analysis import Analysis
 from cephnode.cephalometry.analysis import Measurement as CephMeasurement
+from cephnode.dicom_io.codes import LANDMARK_CONFIDENCE
 from cephnode.domain.result import InferenceResult
 
 # OHIF's text style (cornerstone drawTextBox, 14 px Helvetica) on a film fitted to a window about
@@ -36,7 +43,7 @@ CHAR_W = 8.0        # mean advance of a 14 px Helvetica character (7.3-8.4 measu
 LINE_H = 18.0       # one line of text
 BOX_DX = 25.0       # the text starts this far right of OHIF's anchor (its padding, screen px)
 BOX_DY = 29.0       # ... and this far below it
-EXTENSIONS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.13, 0.16, 0.2)   # of the film's height, per free end
+EXTENSIONS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3)   # of the film's height
 EDGE = 1.0          # keep drawn points this many pixels inside the film
 
 
@@ -131,20 +138,17 @@ def on_film(points: np.ndarray, cols: int, rows: int) -> np.ndarray:
     return np.array(keep)
 
 
-def _extended(points: np.ndarray, at_start: bool, length: float, cols: int, rows: int) -> np.ndarray:
-    if length <= 0:
-        return points
-    end, nxt = (points[0], points[1]) if at_start else (points[-1], points[-2])
-    d = end - nxt
+def _ray_end(start: np.ndarray, towards: np.ndarray, length: float, cols: int, rows: int) -> np.ndarray | None:
+    """The point `length` beyond `start`, on the line from `towards` through `start`, kept on the
+    film; None when that adds nothing."""
+    d = start - towards
     norm = float(np.hypot(*d))
-    if norm < 1e-9:
-        return points
-    far = end + d / norm * length
+    if length <= 0 or norm < 1e-9:
+        return None
+    far = start + d / norm * length
     if not _inside(far, cols, rows):
-        far = _clip_towards(end, far, cols, rows)
-    if np.hypot(*(far - end)) < 1.0:
-        return points
-    return np.vstack([far[None], points]) if at_start else np.vstack([points, far[None]])
+        far = _clip_towards(start, far, cols, rows)
+    return far if np.hypot(*(far - start)) >= 1.0 else None
 
 
 def _free_ends(m: CephMeasurement, pts: np.ndarray) -> tuple[bool, bool]:
@@ -166,40 +170,103 @@ def landmark_boxes(result: InferenceResult, cols: int, rows: int, scale: float) 
             continue
         x, y = lm.x + 0.5, lm.y + 0.5
         anchor = (x + cols / 10, y + rows / 20)
-        boxes.append(_label_box(anchor, [f"{lm.name}:", f"Detection confidence: {lm.confidence:.2f} 1"], scale))
+        boxes.append(_label_box(anchor, [f"{lm.name}:", f"{LANDMARK_CONFIDENCE.meaning}: {lm.confidence:.2f} 1"], scale))
     return boxes
+
+
+@dataclass
+class _Options:
+    """The drawings allowed for one measurement, as the extra points each choice adds: a start
+    extension (index i), an end extension (j), a ray through the vertex (k). Anchors of all
+    i x j x k combinations are computed at once; only the chosen polyline is built."""
+    base: np.ndarray
+    starts: list[tuple[float, np.ndarray | None]]
+    ends: list[tuple[float, np.ndarray | None]]
+    spurs: list[tuple[float, int, np.ndarray | None]]
+
+    def anchors_and_lengths(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, y, added length) per combination, flattened in (i, j, k) order."""
+        def pts(items):
+            return np.array([self.base[0] if p is None else p for *_, p in items])
+        s, e, v = pts(self.starts), pts(self.ends), pts(self.spurs)
+        i, j, k = np.ix_(range(len(s)), range(len(e)), range(len(v)))
+        x = np.maximum(np.maximum(s[i, 0], e[j, 0]), np.maximum(v[k, 0], self.base[:, 0].max()))
+        lo = np.minimum(np.minimum(s[i, 1], e[j, 1]), np.minimum(v[k, 1], self.base[:, 1].min()))
+        hi = np.maximum(np.maximum(s[i, 1], e[j, 1]), np.maximum(v[k, 1], self.base[:, 1].max()))
+        ext = (np.array([t[0] for t in self.starts])[i] + np.array([t[0] for t in self.ends])[j]
+               + np.array([t[0] for t in self.spurs])[k])
+        return x.ravel(), ((lo + hi) / 2).ravel(), ext.ravel()
+
+    def polyline(self, flat: int) -> np.ndarray:
+        i, j, k = np.unravel_index(flat, (len(self.starts), len(self.ends), len(self.spurs)))
+        pts = self.base
+        _, ray, far = self.spurs[k]
+        if far is not None:
+            a, v, b = pts
+            pts = np.array([a, v, far, v, b])
+        if self.starts[i][1] is not None:
+            pts = np.vstack([self.starts[i][1][None], pts])
+        if self.ends[j][1] is not None:
+            pts = np.vstack([pts, self.ends[j][1][None]])
+        return pts
+
+
+def _options(m: CephMeasurement, base: np.ndarray, cols: int, rows: int) -> _Options:
+    free_start, free_end = _free_ends(m, base)
+    starts = [(e, _ray_end(base[0], base[1], e * rows, cols, rows)) for e in (EXTENSIONS if free_start else (0.0,))]
+    ends = [(e, _ray_end(base[-1], base[-2], e * rows, cols, rows)) for e in (EXTENSIONS if free_end else (0.0,))]
+    spurs: list[tuple[float, int, np.ndarray | None]] = [(0.0, -1, None)]
+    if m.kind == "angle" and len(base) == 3:
+        for ray in (0, 1):
+            for e in EXTENSIONS[1::2]:
+                far = _ray_end(base[1], base[0] if ray == 0 else base[2], e * rows, cols, rows)
+                if far is not None:
+                    spurs.append((e, ray, far))
+    return _Options(base, starts, ends, spurs)
+
+
+def _overlaps(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Total overlap area of each box (n, 4: x0 y0 x1 y1) with all of `others` (m, 4)."""
+    if len(others) == 0:
+        return np.zeros(len(boxes))
+    w = np.minimum(boxes[:, None, 2], others[None, :, 2]) - np.maximum(boxes[:, None, 0], others[None, :, 0])
+    h = np.minimum(boxes[:, None, 3], others[None, :, 3]) - np.maximum(boxes[:, None, 1], others[None, :, 1])
+    return (np.clip(w, 0, None) * np.clip(h, 0, None)).sum(axis=1)
 
 
 def measurement_polylines(result: InferenceResult, analysis: Analysis, cols: int, rows: int) -> dict[str, np.ndarray]:
     """measurement key -> the polyline to write (image px, pixel-centre coordinates like
     Measurement.polyline), for every computed measurement."""
     scale = rows / NOMINAL_SCREEN_HEIGHT
-    fixed = landmark_boxes(result, cols, rows, scale)
-    options: dict[str, list[tuple[float, np.ndarray, Box]]] = {}
+    fixed = np.array([[b.x0, b.y0, b.x1, b.y1] for b in landmark_boxes(result, cols, rows, scale)]).reshape(-1, 4)
+    # overlapping a 16-character label entirely costs as much as half the film's height of added line
+    per_height = (LINE_H * scale) * (16 * CHAR_W * scale) / 0.5
+    keys, polys, boxes, costs = [], [], [], []
     for m in analysis.measurements:
         if m.value is None:
             continue
         # work in SCOORD space (pixel corners) so clipping uses the film's true edges
         base = on_film(_as_vertex(m, np.asarray(m.polyline, dtype=float) + 0.5), cols, rows)
         lines = label_lines(m, m.unit)
-        free_start, free_end = _free_ends(m, base)
-        options[m.key] = []
-        for e0 in (EXTENSIONS if free_start else (0.0,)):
-            for e1 in (EXTENSIONS if free_end else (0.0,)):
-                pts = _extended(_extended(base, True, e0 * rows, cols, rows), False, e1 * rows, cols, rows)
-                options[m.key].append((e0 + e1, pts, _label_box(anchor_of(pts), lines, scale)))
-    chosen: dict[str, int] = {}
-
-    def cost(key: str, i: int) -> tuple[float, float]:
-        ext, _, box = options[key][i]
-        hit = sum(box.overlap(b) for b in fixed)
-        hit += sum(box.overlap(options[k][j][2]) for k, j in chosen.items() if k != key)
+        opts = _options(m, base, cols, rows)
+        ax, ay, ext = opts.anchors_and_lengths()
+        x0, y0 = ax + BOX_DX * scale, ay + BOX_DY * scale
+        w, h = max(len(t) for t in lines) * CHAR_W * scale, len(lines) * LINE_H * scale
+        bx = np.stack([x0, y0, x0 + w, y0 + h], axis=1)
         # a label running far off the film's right edge leaves the viewport
-        spill = max(0.0, box.x1 - 1.2 * cols) * (box.y1 - box.y0)
-        return hit + spill, ext
-
-    # greedy in report order, then a second pass that sees every other label
-    for _ in range(2):
-        for key in options:
-            chosen[key] = min(range(len(options[key])), key=lambda i: cost(key, i))
-    return {key: options[key][i][1] - 0.5 for key, i in chosen.items()}
+        spill = np.clip(bx[:, 2] - 1.1 * cols, 0, None) * h
+        keys.append(m.key)
+        polys.append(opts)
+        boxes.append(bx)
+        costs.append(_overlaps(bx, fixed) + spill + ext * per_height)
+    chosen = [int(np.argmin(c)) for c in costs]          # each alone; then each against the others
+    for _ in range(4):
+        changed = False
+        for i in range(len(keys)):
+            others = np.array([boxes[j][chosen[j]] for j in range(len(keys)) if j != i]).reshape(-1, 4)
+            best = int(np.argmin(costs[i] + _overlaps(boxes[i], others)))
+            changed |= best != chosen[i]
+            chosen[i] = best
+        if not changed:
+            break
+    return {k: polys[i].polyline(chosen[i]) - 0.5 for i, k in enumerate(keys)}
