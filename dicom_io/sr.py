@@ -53,6 +53,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from cephnode.cephalometry.analysis import Analysis
 from cephnode.cephalometry.analysis import Measurement as CephMeasurement
 from cephnode.dicom_io import codes, qc_content
+from cephnode.dicom_io.sr_layout import measurement_polylines
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.result import InferenceResult, Landmark
 from cephnode.dicom_io.equipment import MANUFACTURER
@@ -216,14 +217,16 @@ def _normality(m: CephMeasurement, parts: _Parts) -> list[QualitativeEvaluation]
     return [parts.evaluation(codes.NORMALITY_CONCEPT, code)] if code is not None else []
 
 
-def _measurement_group(m: CephMeasurement, parts: _Parts, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
-    """A computed measurement (value not None); left-out ones go to _omitted_measurements."""
+def _measurement_group(m: CephMeasurement, parts: _Parts, track_uid: str, algo,
+                       polyline=None) -> MeasurementsAndQualitativeEvaluations:
+    """A computed measurement (value not None); left-out ones go to _omitted_measurements.
+    `polyline`: where its lines are drawn (dicom_io.sr_layout), else the analysis's own."""
     code = parts.concept(codes.measurement_code(m.key, m.name))
     caveats = [parts.evaluation(codes.CAVEAT, codes.caveat_code(f)) for f in m.flags]
     tracking = TrackingIdentifier(uid=track_uid, identifier=f"{m.analysis} {m.name}")
     line = CoordinatesForMeasurement(
         graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=scoord(m.polyline),
+        graphic_data=scoord(m.polyline if polyline is None else polyline),
         source_image=parts.source_image,
     )
     # The analysis (Steiner, Downs...) is the measurement's method: a TID 300 concept modifier.
@@ -268,7 +271,9 @@ def build_sr(
     # Imaging Measurements: only groups a viewer can draw (see the module docstring).
     groups: list = [_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo)
                     for lm in result.landmarks if lm.available]
-    groups += [_measurement_group(m, parts, uid(f"sr-track-measurement-{m.key}"), algo)
+    # Each measurement's lines drawn so that OHIF's labels do not pile up (dicom_io.sr_layout).
+    drawn = measurement_polylines(result, analysis, int(source.Columns), int(source.Rows))
+    groups += [_measurement_group(m, parts, uid(f"sr-track-measurement-{m.key}"), algo, drawn[m.key])
                for m in analysis.measurements if m.value is not None]
     # Report-level Qualitative Evaluations: everything without geometry. A further verdict on
     # the whole report (a quality gate, say) is one more list of CODE items here.

@@ -12,6 +12,7 @@ from cephnode.cephalometry.analysis import analyse
 from cephnode.dicom_io import codes
 from cephnode.dicom_io.outputs import build_outputs, instance_uid, series_uid
 from cephnode.dicom_io.sr import PIXEL_CORNER_OFFSET
+from cephnode.dicom_io.sr_layout import measurement_polylines
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 from tests.support.validators import dciodvfy, dicom_sr_validator
 
@@ -130,6 +131,8 @@ def test_round_trip_recovers_every_landmark_and_measurement_exactly(case, sr):
     ds = pydicom.dcmread(BytesIO(_sr_bytes(sr)))
     report = hd.sr.ComprehensiveSR.from_dataset(ds).content
     analysis = analyse(case.result)
+    rows, cols = int(case.source.Rows), int(case.source.Columns)
+    drawn = measurement_polylines(case.result, analysis, cols, rows)
 
     # Landmarks: one group each, its confidence INFERRED FROM a POINT on the source image, own
     # tracking UID, named by a Comment (what OHIF writes next to the point).
@@ -168,7 +171,11 @@ def test_round_trip_recovers_every_landmark_and_measurement_exactly(case, sr):
     assert values.keys() == {m.key for m in analysis.computed}
     for m in analysis.computed:
         assert values[m.key] == m.value, m.key                     # bit-exact float64
-        np.testing.assert_array_equal(np.float32(lines[m.key]), np.float32(np.array(m.polyline) + PIXEL_CORNER_OFFSET))
+        # drawn where dicom_io.sr_layout put it, and through every landmark it was measured on
+        np.testing.assert_array_equal(np.float32(lines[m.key]), np.float32(drawn[m.key] + PIXEL_CORNER_OFFSET))
+        for p in np.array(m.polyline) + PIXEL_CORNER_OFFSET:
+            if 0 <= p[0] <= cols and 0 <= p[1] <= rows:
+                assert _distance_to_polyline(p, lines[m.key]) < 1e-2, (m.key, p)
 
     # Everything without geometry is in the report-level Qualitative Evaluations.
     evaluations = _report_evaluations(ds)
@@ -191,6 +198,27 @@ def test_round_trip_recovers_every_landmark_and_measurement_exactly(case, sr):
     refs = [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
             for grp in library[0].ContentSequence for e in grp.ContentSequence if "ReferencedSOPSequence" in e]
     assert case.source.SOPInstanceUID in refs
+
+
+def _distance_to_polyline(p, line) -> float:
+    line = np.asarray(line, dtype=float)
+    a, b = line[:-1], line[1:]
+    d = b - a
+    t = np.clip(((p - a) * d).sum(axis=1) / np.maximum((d * d).sum(axis=1), 1e-12), 0, 1)
+    return float(np.hypot(*(a + t[:, None] * d - p).T).min())
+
+
+def test_every_line_stays_on_the_film(case, sr):
+    # Two nearly parallel lines (SN-MP, FMA) meet far behind the head; drawn through that point
+    # they would run off the image. Every SCOORD point lies on the film (pixel-corner frame).
+    rows, cols = int(case.source.Rows), int(case.source.Columns)
+
+    def scoords(items):
+        return [i for it in items for i in ([it] if it.ValueType == "SCOORD" else []) + scoords(it.get("ContentSequence", []))]
+
+    points = np.concatenate([np.reshape(s.GraphicData, (-1, 2)) for s in scoords(sr.ContentSequence)])
+    assert len(points) > 100
+    assert points.min() >= 0 and points[:, 0].max() <= cols and points[:, 1].max() <= rows
 
 
 def test_every_imaging_measurement_group_has_geometry(sr):

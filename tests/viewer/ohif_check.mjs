@@ -141,10 +141,19 @@ await run('sr', async () => {
       .map(e => e.getAttribute('data-annotation-uid')));
     const texts = [...document.querySelectorAll('.svg-layer text')].map(t =>
       [...t.querySelectorAll('tspan')].map(s => s.textContent).join('\n') || t.textContent);
+    // each label's box on screen (CSS px, relative to the SVG layer): how much labels overlap
+    const layer = document.querySelector('.svg-layer')?.getBoundingClientRect();
+    const boxes = [...document.querySelectorAll('.svg-layer text')].map(t => {
+      const r = t.getBoundingClientRect();
+      return { text: [...t.querySelectorAll('tspan')].map(s => s.textContent).join('\n') || t.textContent,
+        x: r.left - layer.left, y: r.top - layer.top, w: r.width, h: r.height };
+    });
     const d = window.services.displaySetService.getDisplaySetByUID(uid);
     return {
       annotations: anns.map(a => ({ type: a.metadata.graphicType, drawn: drawn.has(a.annotationUID) })),
       svg_texts: texts,
+      svg_text_boxes: boxes,
+      svg_size: layer ? { w: layer.width, h: layer.height } : null,
       svg_lines: document.querySelectorAll('.svg-layer line, .svg-layer polyline').length,
       sr_measurements: d.measurements?.length ?? null,
       sr_measurements_loaded: d.measurements?.filter(m => m.loaded).length ?? null,
