@@ -125,3 +125,42 @@ def test_stow_over_https_verifies_the_archive_certificate(tmp_path, pack):
             assert tls.handshake_failures >= 2                    # the untrusted attempts never got through
             sop_uids = pacs.instances_by_sop_uid()
             assert set(sop_uids) == {str(derived_uid(sops[0], load_pack(pack).version, "sr"))}
+
+
+BEARER_LUA = """
+-- the archive takes STOW-RS only with the right bearer token (reads stay open for the test)
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  if method == 'POST' and string.find(uri, '/dicom-web/', 1, true) == 1 then
+    return httpHeaders['authorization'] == 'Bearer %s'
+  end
+  return true
+end
+"""
+
+
+def test_stow_with_a_bearer_token(tmp_path, pack):
+    """Orthanc itself checks the token (a Lua request filter), so only a request carrying
+    'Authorization: Bearer <token>' can store."""
+    import urllib.error
+    import urllib.request
+
+    token = "t0ken-" + generate_uid()[-12:]
+    img = dicomgen.isbi_image("151", scale=0.3)
+    with start_orthanc(tmp_path / "pacs", dicomweb=True, lua=BEARER_LUA % token) as pacs:
+        stow = f"http://127.0.0.1:{pacs.http_port}/dicom-web/studies"
+        anonymous = urllib.request.Request(stow, data=b"", method="POST",
+                                           headers={"Content-Type": "multipart/related; type=\"application/dicom\""})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(anonymous, timeout=20)
+        assert refused.value.code in (401, 403)          # the archive really wants the token
+        dest = {"name": "web", "type": "dicomweb", "url": stow.rsplit("/studies", 1)[0], "auth": "bearer",
+                "kinds": KINDS, "timeout_s": 20}
+        node = make_node(tmp_path / "node", port=free_port(), pack=pack, quiet_period_s=0.5, destinations=[dest])
+        node.env = {"CEPHNODE__DESTINATIONS__WEB__TOKEN": token}       # the secret from the environment
+        with node:
+            node.start()
+            sops = _send(tmp_path, node, img, 1)
+            status = node.wait_for(lambda s: s["jobs"].get("done") == 1, what="stored with the bearer token")
+            assert status["deliveries"] == {"done": len(KINDS)}
+            version = load_pack(pack).version
+            assert set(pacs.instances_by_sop_uid()) == {str(derived_uid(sops[0], version, k)) for k in KINDS}
