@@ -27,7 +27,6 @@ import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
     CodedConcept,
-    ComprehensiveSR,
     CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     GraphicTypeValues,
@@ -56,6 +55,7 @@ from cephnode.dicom_io import codes, qc_content
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.result import InferenceResult, Landmark
 from cephnode.dicom_io.equipment import MANUFACTURER
+from cephnode.dicom_io.sr_fast import ComprehensiveSR   # highdicom's, without its per-node tree walks
 
 PIXEL_CORNER_OFFSET = 0.5
 
