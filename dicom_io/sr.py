@@ -55,7 +55,7 @@ from cephnode.dicom_io import codes, qc_content
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.result import InferenceResult, Landmark
 from cephnode.dicom_io.equipment import MANUFACTURER
-from cephnode.dicom_io.sr_fast import ComprehensiveSR   # highdicom's, without its per-node tree walks
+from cephnode.dicom_io.sr_fast import ComprehensiveSR, SharedConcept   # highdicom's, faster (see there)
 
 PIXEL_CORNER_OFFSET = 0.5
 
@@ -79,7 +79,7 @@ class _Parts:
         key = (code.value, code.scheme_designator, code.meaning, code.scheme_version)
         found = self._concepts.get(key)
         if found is None:
-            found = self._concepts[key] = CodedConcept.from_code(code)
+            found = self._concepts[key] = SharedConcept.from_code(code)
         return found
 
     def evaluation(self, name, value) -> QualitativeEvaluation:

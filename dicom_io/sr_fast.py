@@ -24,6 +24,7 @@ from copy import deepcopy
 from typing import Any
 
 import highdicom as hd
+from highdicom.sr.coding import CodedConcept
 from highdicom.sr.value_types import ContentItem, ContentSequence
 from pydicom.dataset import Dataset
 
@@ -47,6 +48,22 @@ def referenced_instances(root: Dataset) -> set[str]:
         if children:
             stack.extend(children)
     return found
+
+
+class SharedConcept(CodedConcept):
+    """A CodedConcept made once per report and shared by many items (dicom_io.sr._Parts), never
+    changed after it is made. highdicom hashes a concept each time it files an item under its
+    name (ContentSequence's look-up table), by reading two attributes through pydicom: a quarter
+    of the content tree's build time. The hash is the same value, computed once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "_shared_hash", hash(self.scheme_designator + self.value))
+
+    def __hash__(self) -> int:
+        return self._shared_hash
+
+    __eq__ = CodedConcept.__eq__          # (defining __hash__ alone would not keep the parent's)
 
 
 class ComprehensiveSR(hd.sr.ComprehensiveSR):
