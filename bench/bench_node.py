@@ -143,7 +143,7 @@ def main() -> int:
                 from cephnode.inference.pack import load_pack
 
                 version = load_pack(pack).version
-                store = JobStore(node.queue)
+                store = JobStore(node.queue())
                 job_rows, delivery_rows = store.jobs(), store.deliveries()
                 store.close()
                 by_id = {j["id"]: j for j in job_rows}

@@ -6,10 +6,12 @@ The source is a DX built from a real ISBI image (tests.support.dicomgen.make_dx)
 landmarks are that image's real senior annotation (as tests/support/report_cases.py does):
   isbi   the image at its stored size (968 x 1200, 8-bit, ISBI spacing);
   large  the image resized to 2000 x 2500 and stored 16-bit (landmarks scaled with it).
-For each size: p50 / p95 wall milliseconds of the analysis (cephalometry.analysis.analyse) and
-of each kind's builder (sr, seg, gsps, sc), called as dicom_io.outputs.build_outputs calls them,
-plus build_outputs for all four kinds end to end, and '<kind>_encode': writing the built object
-to bytes (the node does that next). Each run reads the source back from a file and decodes its
+For each size: p50 / p95 wall milliseconds ("ms") of the analysis (cephalometry.analysis.analyse)
+and of each kind's builder (sr, seg, gsps, sc), called as dicom_io.outputs.build_outputs calls
+them, plus build_outputs for all four kinds end to end, and '<kind>_encode': writing the built
+object to bytes (the node does that next). "cpu_ms" is the same in CPU time of this process
+(time.process_time, all its threads): on a loaded shared host wall time waits for a core,
+CPU time much less so. Each run reads the source back from a file and decodes its
 pixels first, untimed, as the node does before inference, so no run profits from another's work.
 The machine's load average is recorded: on a shared host the figures move with it.
 """
@@ -87,28 +89,34 @@ def bench_size(path: Path, result, runs: int) -> dict:
         return ds
 
     timings: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+
+    def timed(row, cpu_row, key, fn):
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        row[key] = (time.perf_counter() - t) * 1000
+        cpu_row[key] = (time.process_time() - c) * 1000
+        return out
+
     for run in range(runs + 1):          # run 0 warms imports and caches; not counted
-        row = {}
-        t = time.perf_counter()
-        analysis = analyse(result)
-        row["analysis"] = (time.perf_counter() - t) * 1000
+        row, cpu_row = {}, {}
+        analysis = timed(row, cpu_row, "analysis", lambda: analyse(result))
         for kind in ALL_OUTPUT_KINDS:
             source = node_source()
-            t = time.perf_counter()   # no image given: the SC decodes the source itself, as `cephnode report` does
-            built = build_output(kind, source, result, analysis, pack_name=PACK_NAME, pack_version=PACK_VERSION)
-            row[str(kind)] = (time.perf_counter() - t) * 1000
+            # no image given: the SC decodes the source itself, as `cephnode report` does
+            built = timed(row, cpu_row, str(kind), lambda: build_output(
+                kind, source, result, analysis, pack_name=PACK_NAME, pack_version=PACK_VERSION))
             if built is not None:
-                t = time.perf_counter()
-                built.save_as(BytesIO(), enforce_file_format=True)
-                row[f"{kind}_encode"] = (time.perf_counter() - t) * 1000
+                timed(row, cpu_row, f"{kind}_encode", lambda: built.save_as(BytesIO(), enforce_file_format=True))
         source = node_source()
-        t = time.perf_counter()
-        build_outputs(source, result, pack_name=PACK_NAME, pack_version=PACK_VERSION)
-        row["build_outputs_all"] = (time.perf_counter() - t) * 1000
+        timed(row, cpu_row, "build_outputs_all",
+              lambda: build_outputs(source, result, pack_name=PACK_NAME, pack_version=PACK_VERSION))
         if run:
             for k, v in row.items():
                 timings.setdefault(k, []).append(v)
-    return {k: _stats(v) for k, v in timings.items()}
+            for k, v in cpu_row.items():
+                cpu.setdefault(k, []).append(v)
+    return {"ms": {k: _stats(v) for k, v in timings.items()}, "cpu_ms": {k: _stats(v) for k, v in cpu.items()}}
 
 
 def main(argv=None) -> None:
@@ -124,7 +132,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
             path, result, shape = make_case(args.case, size, Path(tmp))
-            out["sizes"][size] = {"rows_columns": list(shape), "ms": bench_size(path, result, args.runs)}
+            out["sizes"][size] = {"rows_columns": list(shape), **bench_size(path, result, args.runs)}
     out["load_average_end"] = list(os.getloadavg())
     print(json.dumps(out, indent=1))
 

@@ -27,7 +27,6 @@ import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
     CodedConcept,
-    ComprehensiveSR,
     CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     GraphicTypeValues,
@@ -53,11 +52,12 @@ from pydicom.sr.codedict import codes as dcm_codes
 from cephnode.cephalometry.analysis import Analysis
 from cephnode.cephalometry.analysis import Measurement as CephMeasurement
 from cephnode.dicom_io import codes, qc_content
+from cephnode.dicom_io.equipment import MANUFACTURER
+from cephnode.dicom_io.sr_fast import ComprehensiveSR, SharedConcept   # highdicom's, faster (see there)
 from cephnode.dicom_io.sr_layout import measurement_polylines
 from cephnode.dicom_io.uids import derived_uid
-from cephnode.domain.result import InferenceResult, Landmark
-from cephnode.dicom_io.equipment import MANUFACTURER
 from cephnode.domain.flags import Caveat
+from cephnode.domain.result import InferenceResult, Landmark
 
 PIXEL_CORNER_OFFSET = 0.5
 
@@ -81,7 +81,7 @@ class _Parts:
         key = (code.value, code.scheme_designator, code.meaning, code.scheme_version)
         found = self._concepts.get(key)
         if found is None:
-            found = self._concepts[key] = CodedConcept.from_code(code)
+            found = self._concepts[key] = SharedConcept.from_code(code)
         return found
 
     def evaluation(self, name, value) -> QualitativeEvaluation:

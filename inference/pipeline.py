@@ -147,9 +147,22 @@ class Pipeline:
             heat = self._net(prep, contract.STAGE1.key, x)
         return self._conclude(cand, self._finish(prep, heat[0]))
 
-    def run_batch(self, items: Sequence[dict]) -> list[InferenceResult]:
-        """Several images; Stage 1 runs as one batch when the model's batch axis is dynamic.
-        Pose verification, where an image needs it, runs image by image afterwards."""
+    def batches_stage1(self) -> bool:
+        """Whether run_batch gives Stage 1 several images in one call by default: when the
+        model's batch axis is dynamic and Stage 1 runs on an accelerator. On the CPU one batch
+        measured no faster than image by image (bench/bench_batch.py: the same CPU time per
+        image, more wall time on a loaded host) while it holds every input at once, so there
+        the images go one by one."""
+        key = contract.STAGE1.key
+        on_cpu = self.sessions.providers[key][0] == "CPUExecutionProvider"
+        return self.sessions.io[key].dynamic_batch and not on_cpu
+
+    def run_batch(self, items: Sequence[dict], *, batch_stage1: bool | None = None) -> list[InferenceResult]:
+        """Several images; Stage 1 runs as one batch when `batch_stage1` (default:
+        batches_stage1()) and the model's batch axis is dynamic; the results are those of
+        single runs. Pose verification, where an image needs it, runs image by image afterwards."""
+        if batch_stage1 is None:
+            batch_stage1 = self.batches_stage1()
         preps, cands = [], []
         for item in items:
             kw = dict(item)
@@ -162,7 +175,7 @@ class Pipeline:
             cands.append(cand)
         if not preps:
             return []
-        if self.sessions.io[contract.STAGE1.key].dynamic_batch and len(preps) > 1:
+        if batch_stage1 and self.sessions.io[contract.STAGE1.key].dynamic_batch and len(preps) > 1:
             results = []
             for start in range(0, len(preps), 8):          # bound the input tensor (8 x 29 MB)
                 chunk = preps[start:start + 8]

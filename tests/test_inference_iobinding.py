@@ -146,7 +146,7 @@ def test_batch_pipeline_on_dynamic_stage1_bound_equals_plain():
     plain = Pipeline.load(default_pack_dir(), device="cpu", threads=1, io_binding="never")
     bound = Pipeline.load(default_pack_dir(), device="cpu", threads=1, io_binding="always")
     items = [{"image": im, "name": f"i{i}"} for i, im in enumerate(imgs)]
-    for a, b in zip(plain.run_batch(items), bound.run_batch(items)):
+    for a, b in zip(plain.run_batch(items, batch_stage1=True), bound.run_batch(items, batch_stage1=True)):
         assert a.image_name == b.image_name
         assert [(lm.x, lm.y, lm.confidence) for lm in a.landmarks] == \
                [(lm.x, lm.y, lm.confidence) for lm in b.landmarks]

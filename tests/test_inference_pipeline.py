@@ -143,10 +143,56 @@ def test_batch_with_dynamic_stage1_matches_single_runs(tmp_path, grey):
     root = build_standin_pack(tmp_path / "dyn", kind="small", dynamic_batch=True)
     p = Pipeline.load(root, threads=1)
     imgs = [grey, grey[:, ::-1].copy(), np.rot90(grey).copy()]
-    batch = p.run_batch([{"image": im, "name": f"i{i}"} for i, im in enumerate(imgs)])
+    batch = p.run_batch([{"image": im, "name": f"i{i}"} for i, im in enumerate(imgs)], batch_stage1=True)
     assert [r.image_name for r in batch] == ["i0", "i1", "i2"]
     for im, r in zip(imgs, batch):
         assert np.abs(_xy(r) - _xy(p.run(im))).max() < 1e-3
+
+
+def _stage1_batch_sizes(p, monkeypatch) -> list[int]:
+    sizes: list[int] = []
+    real = p.sessions.run
+
+    def counting(key, x):
+        if key == "stage1":
+            sizes.append(int(x.shape[0]))
+        return real(key, x)
+
+    monkeypatch.setattr(p.sessions, "run", counting)
+    return sizes
+
+
+def test_batch_on_cpu_runs_stage1_image_by_image_unless_asked(tmp_path, grey, monkeypatch):
+    """On the CPU a batch measured no faster (bench/bench_batch.py), so by default it is not used."""
+    p = Pipeline.load(build_standin_pack(tmp_path / "dyn", kind="small", dynamic_batch=True), threads=1)
+    p.verify_pose = False
+    assert p.providers["stage1"][0] == "CPUExecutionProvider" and not p.batches_stage1()
+    sizes = _stage1_batch_sizes(p, monkeypatch)
+    items = [{"image": grey}, {"image": grey[:, ::-1].copy()}]
+    auto = p.run_batch(items)
+    assert sizes == [1, 1]
+    forced = p.run_batch(items, batch_stage1=True)
+    assert sizes == [1, 1, 2]
+    for a, b in zip(auto, forced):
+        assert np.abs(_xy(a) - _xy(b)).max() < 1e-3
+
+
+def test_default_pack_batch_equals_single_runs():
+    """The shipped pack's Stage 1 takes a dynamic batch: one batch gives what single runs give."""
+    p = Pipeline.load(threads=1)
+    assert p.sessions.io["stage1"].dynamic_batch
+    cases = isbi.load_cases("test1")[:2]
+    imgs = [cv2.imread(str(c.image_path), cv2.IMREAD_GRAYSCALE) for c in cases]
+    batch = p.run_batch([{"image": im, "name": c.case_id} for im, c in zip(imgs, cases)], batch_stage1=True)
+    for im, c, r in zip(imgs, cases, batch):
+        single = p.run(im, name=c.case_id)
+        assert r.image_name == c.case_id
+        assert [lm.name for lm in r.landmarks] == [lm.name for lm in single.landmarks]
+        got, want = _xy(r), _xy(single)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.nanmax(np.abs(got - want)) < 1e-3
+        assert [lm.confidence for lm in r.landmarks] == pytest.approx([lm.confidence for lm in single.landmarks], abs=1e-4)
+        assert r.qc.verdict == single.qc.verdict
 
 
 def test_batch_with_fixed_stage1_runs_one_by_one(pipe, grey):
