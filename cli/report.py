@@ -43,10 +43,9 @@ def _load_result(path: Path, source: pydicom.Dataset):
 def cmd_report(args: argparse.Namespace) -> int:
     import cv2
 
-    from cephnode.cephalometry.analysis import analyse
-    from cephnode.dicom_io.outputs import build_outputs
-    from cephnode.domain.outputs import OutputKind, parse_kinds
     from cephnode.dicom_io import qc_content
+    from cephnode.dicom_io.outputs import build_outputs, gated
+    from cephnode.domain.outputs import OutputKind, parse_kinds
     from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 
     try:
@@ -80,8 +79,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                               patient_orientation=image.patient_orientation, name=str(source.SOPInstanceUID))
         pack_name, pack_version = pipeline.pack.name, pipeline.pack.version
 
-    analysis = analyse(qc_content.withheld(result))      # a failed tracing is not measured
-    objects = build_outputs(source, result, kinds=kinds, pack_name=pack_name, pack_version=pack_version,
+    shown, analysis = gated(result)      # a failed tracing is withheld and not measured
+    objects = build_outputs(source, shown, kinds=kinds, pack_name=pack_name, pack_version=pack_version,
                             analysis=analysis)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

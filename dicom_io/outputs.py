@@ -52,14 +52,21 @@ def instance_uid(source: Dataset, pack_version: str, kind: OutputKind | str) -> 
     return derived_uid(str(source.SOPInstanceUID), pack_version, str(OutputKind(kind)))
 
 
+def gated(result: InferenceResult, analysis: Analysis | None = None) -> tuple[InferenceResult, Analysis]:
+    """The result and analysis the objects may show. A tracing the quality gate failed is
+    withheld (nothing of an untrusted tracing leaves as fact) and measured again, once: a
+    result already withheld has no landmark left and passes through as it is."""
+    if qc_content.failed(result) and any(lm.available for lm in result.landmarks):
+        result, analysis = qc_content.withheld(result), None
+    return result, analysis if analysis is not None else analyse(result)
+
+
 def build_output(kind: OutputKind, source: Dataset, result: InferenceResult, analysis: Analysis, *,
                  pack_name: str, pack_version: str, image: DicomImage | None = None) -> Dataset | None:
     """One object; None when the builder has nothing to show for this image (a SEG with
     nothing traced), which is logged, not an error. Other errors propagate. A tracing the
     quality gate failed is withheld here, whoever calls: no builder can draw or measure it."""
-    if qc_content.failed(result):
-        result = qc_content.withheld(result)
-        analysis = analyse(result)
+    result, analysis = gated(result, analysis)
     builder = BUILDERS[kind]
     extra = {"image": image} if builder.draws_pixels else {}
     try:
@@ -87,10 +94,7 @@ def build_outputs(
     builder has nothing to show is left out (logged) rather than failing the others. `image` is
     the source already decoded (dicom_io.pixels), if the caller has it; else it is decoded here."""
     wanted = parse_kinds(kinds)
-    if qc_content.failed(result):          # nothing of an untrusted tracing leaves as fact
-        result = qc_content.withheld(result)
-        analysis = None
-    analysis = analysis if analysis is not None else analyse(result)
+    result, analysis = gated(result, analysis)
     out: dict[OutputKind, Dataset] = {}
     for kind in wanted:
         ds = build_output(kind, source, result, analysis, pack_name=pack_name, pack_version=pack_version, image=image)

@@ -30,11 +30,10 @@ class ResultObjects:
 
 def build_result_objects(source: Dataset, result: Any, *, kinds: Iterable[OutputKind], pack: Any,
                          image: Any = None) -> ResultObjects:
-    from cephnode.cephalometry.analysis import analyse
-    from cephnode.dicom_io.outputs import build_output
+    from cephnode.dicom_io.outputs import build_output, gated
 
     out = ResultObjects()
-    analysis = analyse(result)
+    result, analysis = gated(result)    # analysed once for every kind
     for kind in kinds:
         kind = OutputKind(kind)
         try:
