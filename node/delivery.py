@@ -100,10 +100,8 @@ class Deliverer:
         for d in items:
             if stop is not None and stop.is_set():
                 break
-            try:
-                ds = pydicom.dcmread(d.path)
-            except Exception as exc:
-                self._failed(d, peer, f"object file unreadable: {exc}", permanent=True)
+            ds = self._read_object(d, peer)
+            if ds is None:
                 continue
             t = time.perf_counter()
             try:
@@ -171,12 +169,9 @@ class Deliverer:
                 if not assoc.is_established:
                     self._failed(d, peer, f"{where}: association lost")
                     continue
-                try:
-                    ds = pydicom.dcmread(d.path)
-                except Exception as exc:
-                    self._failed(d, peer, f"object file unreadable: {exc}", permanent=True)
-                    continue
-                self._store_one(assoc, d, ds, peer, where)
+                ds = self._read_object(d, peer)
+                if ds is not None:
+                    self._store_one(assoc, d, ds, peer, where)
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -210,6 +205,14 @@ class Deliverer:
         else:
             comment = str(status.get("ErrorComment", "")) if hasattr(status, "get") else ""
             self._failed(d, peer, f"{where} answered C-STORE status 0x{code:04X} {comment}".strip())
+
+    def _read_object(self, d: Delivery, peer: Peer):
+        """The object to send, or None when its file cannot be read (parked: no retry mends it)."""
+        try:
+            return pydicom.dcmread(d.path)
+        except Exception as exc:
+            self._failed(d, peer, f"object file unreadable: {exc}", permanent=True)
+            return None
 
     def _failed(self, d: Delivery, peer: Peer, error: str, *, permanent: bool = False) -> None:
         attempts = d.attempts + 1
