@@ -11,18 +11,13 @@ from cephnode.dicom_io.uids import derived_uid
 from cephnode.inference.pack import load_pack
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
-from tests.support.nodeproc import make_node, test_model_pack
+from tests.support.nodeproc import make_node
 from tests.support.orthanc import free_port, start_orthanc
 
 pytestmark = pytest.mark.slow
 
 KINDS = ["sr", "seg", "gsps"]
 USERS = {"cephnode": "right-password"}
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return test_model_pack(tmp_path_factory.mktemp("pack"))
 
 
 def _web_destination(http_port: int) -> dict:

@@ -12,18 +12,13 @@ from cephnode.dicom_io.pixels import read_dicom_image
 from cephnode.dicom_io.uids import derived_uid
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
-from tests.support.nodeproc import make_node, test_model_pack
+from tests.support.nodeproc import make_node
 from tests.support.orthanc import autoroute_lua, free_port, start_orthanc
 
 pytestmark = pytest.mark.slow
 
 VARIANTS = ("monochrome1", "window16", "jpeg2000", "mirrored", "rotated")
 TRACKING_IDENTIFIER = "112039"  # DCM code of the TID 1410 Tracking Identifier
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return test_model_pack(tmp_path_factory.mktemp("pack"))
 
 
 def sr_landmark_points(sr) -> dict[str, tuple[float, float]]:

@@ -13,17 +13,12 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 
 from tests.support import dicomgen
 from tests.support.dcmtk import echoscu, start_storescp, storescu
-from tests.support.nodeproc import make_node, test_model_pack
+from tests.support.nodeproc import make_node
 from tests.support.orthanc import free_port, start_orthanc
 
 pytestmark = pytest.mark.slow
 
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return test_model_pack(tmp_path_factory.mktemp("pack"))
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,10 @@ from pydicom.uid import generate_uid
 
 from tests.support import dicomgen
 from tests.support.dcmtk import echoscu, storescu
-from tests.support.nodeproc import make_node, test_model_pack
+from tests.support.nodeproc import make_node
 from tests.support.orthanc import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return test_model_pack(tmp_path_factory.mktemp("pack"))
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,13 @@ from pydicom.uid import generate_uid
 
 from tests.support import dicomgen
 from tests.support.dcmtk import start_storescp, storescu
-from tests.support.nodeproc import REPO_ROOT, make_node, test_model_pack
+from tests.support.nodeproc import REPO_ROOT, make_node
 from tests.support.orthanc import free_port
 from tests.support.scu import c_store
 
 pytestmark = pytest.mark.slow
 
 KINDS = ["sr", "seg", "gsps"]
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return test_model_pack(tmp_path_factory.mktemp("pack"))
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from cephnode.dicom_io.spool import safe_name
 from cephnode.dicom_io.transfer_syntaxes import decodable_transfer_syntaxes
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
-from tests.support.nodeproc import make_node, test_model_pack
+from tests.support.nodeproc import make_node
 from tests.support.orthanc import free_port
 from tests.support.scu import c_store
 
@@ -59,11 +59,6 @@ ENCODINGS = {
 # High-Throughput JPEG 2000 decodes (pylibjpeg-openjpeg) but nothing here can encode it.
 NOT_SENT = {"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
 STORESCU_CANNOT_PROPOSE = {JPEGLossless}
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return test_model_pack(tmp_path_factory.mktemp("pack"))
 
 
 def _encode(src: Path, dst: Path, how, ts: str) -> Path:

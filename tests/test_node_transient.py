@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from tests.support import dicomgen
 from tests.support.dcmtk import storescu
-from tests.support.nodeproc import make_node, test_model_pack
+from tests.support.nodeproc import make_node
 from tests.support.orthanc import free_port
 from tests.support.scu import c_store
 
@@ -42,11 +42,6 @@ def fill(disk: Path, leave_bytes: int) -> Path:
     with open(filler, "wb") as fh:
         fh.write(b"\0" * max(0, free - leave_bytes))
     return filler
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    return test_model_pack(tmp_path_factory.mktemp("pack"))
 
 
 @pytest.fixture(scope="module")

@@ -105,13 +105,7 @@ def test_failed_tracing_sr_gsps_and_sheet_carry_the_warning_and_no_values(pipe, 
     assert not [i for i in items if i.ValueType == "SCOORD"], "nor any landmark position"
     values = {i.ConceptCodeSequence[0].CodeValue for i in items if i.ValueType == "CODE"}
     assert codes.QC_VERDICTS["fail"].value in values and codes.QC_REASONS["confidence"].value in values
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    report = dciodvfy(path)
-    assert report.errors == [] and report.unexpected_warnings(DCIODVFY_EXPLAINED) == [], report.output[-2000:]
-    report = dicom_sr_validator(path)
-    assert "Root Template Validation Complete" in report.output and report.errors == [], report.output[-3000:]
-    assert report.unexpected_warnings(SR_VALIDATOR_EXPLAINED) == []
+    _assert_valid_sr(sr, tmp_path / "sr.dcm")
     gsps = built["PR"]
     texts = [t.UnformattedTextValue for a in gsps.GraphicAnnotationSequence for t in a.get("TextObjectSequence", [])]
     assert texts and texts[0].startswith("AUTOMATED TRACING FAILED QUALITY CONTROL")
@@ -122,6 +116,16 @@ def test_failed_tracing_sr_gsps_and_sheet_carry_the_warning_and_no_values(pipe, 
     assert banner.sum() > 1000
     left = sheet[:, :w].astype(int)
     assert np.abs(left[..., 0] - left[..., 1]).max() <= 1      # the radiograph is drawn grey: no tracing
+
+
+def _assert_valid_sr(sr, path) -> None:
+    """dciodvfy and pixelmed's DicomSRValidator both find nothing wrong with the SR."""
+    sr.save_as(path, enforce_file_format=True)
+    report = dciodvfy(path)
+    assert report.errors == [] and report.unexpected_warnings(DCIODVFY_EXPLAINED) == [], report.output[-2000:]
+    report = dicom_sr_validator(path)
+    assert "Root Template Validation Complete" in report.output and report.errors == [], report.output[-3000:]
+    assert report.unexpected_warnings(SR_VALIDATOR_EXPLAINED) == []
 
 
 def _bytes(ds) -> bytes:
@@ -150,13 +154,7 @@ def test_review_flags_the_doubtful_landmark_and_its_measurements(tmp_path):
     assert {"QC-REVIEW", "QCDOUBT-GO"} <= values
     assert len([i for i in _content_items(sr.ContentSequence)
                 if i.ValueType == "NUM" and i.RelationshipType != "HAS ACQ CONTEXT"]) > 30   # still delivered
-    path = tmp_path / "review.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    report = dciodvfy(path)
-    assert report.errors == [] and report.unexpected_warnings(DCIODVFY_EXPLAINED) == [], report.output[-2000:]
-    report = dicom_sr_validator(path)
-    assert "Root Template Validation Complete" in report.output and report.errors == [], report.output[-3000:]
-    assert report.unexpected_warnings(SR_VALIDATOR_EXPLAINED) == []
+    _assert_valid_sr(sr, tmp_path / "review.dcm")
 
 
 def test_device_shift_is_deterministic_and_moves_the_points_with_the_pixels(film):
