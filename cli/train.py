@@ -50,7 +50,12 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("evaluate", help="MRE / SDR of a model pack on a labelled ISBI split, in true mm")
     _data_arg(p)
-    p.add_argument("--split", default="test1", choices=("train", "test1"))
+    p.add_argument("--split", default="test1", choices=("train", "val", "test1"),
+                   help="val: the last 20 train images (131-150), the split `cephnode train --val 20` holds "
+                        "out; choose recipes on it, report test1 last")
+    p.add_argument("--test-time-shifts", default=None, metavar="DX:DY,...",
+                   help="Stage 1 test-time shifts in 512-grid pixels, e.g. 4:4,-4:-4, or 'none' "
+                        "(default: what the pack's pack.json says)")
     p.add_argument("--models", type=Path, default=None, help="pack folder (default: the default pack)")
     p.add_argument("--out", type=Path, default=None, help="folder for <split>.json and <split>.png")
     p.add_argument("--device", default="auto", choices=DEVICES)
@@ -109,7 +114,8 @@ def cmd_evaluate(args) -> int:
     except ImportError:
         progress = None  # type: ignore[assignment]
     report = evaluate.evaluate(split=args.split, models_dir=args.models, device=args.device, threads=args.threads,
-                               limit=args.limit, orientation=orientation, progress=progress)
+                               limit=args.limit, orientation=orientation, progress=progress,
+                               test_time_shifts=_shifts(args.test_time_shifts))
     if bar:
         bar.close()
     out = args.out or (Path(report["pack"]["root"]) / "evaluation")
@@ -118,6 +124,20 @@ def cmd_evaluate(args) -> int:
     _print_table(report)
     print(f"wrote {jpath} and {ppath}")
     return 0
+
+
+def _shifts(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        pairs = tuple(tuple(int(v) for v in item.split(":")) for item in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--test-time-shifts {text!r}: expected DX:DY,... (e.g. 4:4,-4:-4) or none")
+    if any(len(p) != 2 or p[0] % 2 or p[1] % 2 for p in pairs):
+        raise SystemExit(f"--test-time-shifts {text!r}: each shift is DX:DY with even pixel values")
+    return pairs  # type: ignore[return-value]
 
 
 def _print_table(report: dict) -> None:

@@ -43,6 +43,19 @@ class ModelPack:
     def published(self) -> bool:
         return not self.manifest or self.manifest.get("name") == PUBLISHED_NAME
 
+    @property
+    def test_time_shifts(self) -> tuple[tuple[int, int], ...]:
+        """Stage 1 test-time augmentation the pack was validated with (pack.json
+        "stage1_test_time_shifts": [[dx, dy], ...] in 512-grid pixels, even, so each maps to a
+        whole heatmap pixel); empty: one pass."""
+        shifts = []
+        for item in self.manifest.get("stage1_test_time_shifts", []):
+            dx, dy = (int(v) for v in item)
+            if dx % 2 or dy % 2 or max(abs(dx), abs(dy)) > 64:
+                raise PackError(f"{self.root}: stage1_test_time_shifts {item!r}: even values of at most 64 px")
+            shifts.append((dx, dy))
+        return tuple(shifts)
+
     def note_for(self, landmark: str) -> str:
         """Why a landmark's output is not a validated prediction ('' when it is one)."""
         if landmark in self.rules:

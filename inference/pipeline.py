@@ -115,6 +115,10 @@ class Pipeline:
         # Stage 1 input buffers, one per thread: a fresh 29 MB array per image costs more in
         # page faults than filling it does.
         self._local = threading.local()
+        # Test-time augmentation: Stage 1 also sees the input shifted by these (dx, dy) 512-grid
+        # pixels and the heatmaps, shifted back, are averaged (the pack says which it was
+        # validated with; see docs/model-pack.md). Empty: one pass.
+        self.test_time_shifts: tuple[tuple[int, int], ...] = pack.test_time_shifts
 
     @classmethod
     def load(cls, models_dir: Path | str | None = None, *, device: str = "auto",
@@ -142,9 +146,7 @@ class Pipeline:
         cand = self._candidates(image, pixel_spacing_mm, patient_orientation, name, orientation)
         prep = self._prepare(cand, cand.hypotheses[0], cand.timer)
         self._stage0(prep)
-        x = self._stage1_input([prep])
-        with prep.timer.phase("stage1"):
-            heat = self._net(prep, contract.STAGE1.key, x)
+        heat = self._stage1([prep])
         return self._conclude(cand, self._finish(prep, heat[0]))
 
     def batches_stage1(self) -> bool:
@@ -181,7 +183,7 @@ class Pipeline:
                 chunk = preps[start:start + 8]
                 x = self._stage1_input(chunk)
                 t0 = time.perf_counter()
-                heat = self.sessions.run(contract.STAGE1.key, x)
+                heat = self._with_test_time_shifts(x, self.sessions.run(contract.STAGE1.key, x))
                 share = (time.perf_counter() - t0) * 1e3 / len(chunk)
                 for i, prep in enumerate(chunk):
                     prep.timer.ms["stage1"] = share
@@ -190,9 +192,7 @@ class Pipeline:
             return [self._conclude(c, r) for c, r in zip(cands, results)]
         out = []
         for prep, cand in zip(preps, cands):
-            x = self._stage1_input([prep])
-            with prep.timer.phase("stage1"):
-                heat = self._net(prep, contract.STAGE1.key, x)
+            heat = self._stage1([prep])
             out.append(self._conclude(cand, self._finish(prep, heat[0])))
         return out
 
@@ -201,10 +201,7 @@ class Pipeline:
     def _trace(self, cand: "_Candidates", hyp: Hypothesis) -> InferenceResult:
         prep = self._prepare(cand, hyp, _Timer())
         self._stage0(prep)
-        x = self._stage1_input([prep])
-        with prep.timer.phase("stage1"):
-            heat = self._net(prep, contract.STAGE1.key, x)
-        return self._finish(prep, heat[0])
+        return self._finish(prep, self._stage1([prep])[0])
 
     def _conclude(self, cand: "_Candidates", first: InferenceResult) -> InferenceResult:
         """Verify the pose where needed, then judge the result.
@@ -393,6 +390,29 @@ class Pipeline:
                     prep, np.stack([profile.xs_smooth, profile.ys], 1)[::4]).round(2).tolist()] if profile else []),
             )
 
+    def _stage1(self, preps: Sequence[_Prepared]) -> np.ndarray:
+        """Stage 1 heatmaps (B, 25, 256, 256) for prepared images, one pass per test-time shift."""
+        x = self._stage1_input(preps)
+        with preps[0].timer.phase("stage1"):
+            heat = self._net(preps[0], contract.STAGE1.key, x)
+            if self.test_time_shifts:
+                heat = self._with_test_time_shifts(x, heat, preps[0])
+        return heat
+
+    def _with_test_time_shifts(self, x: np.ndarray, heat: np.ndarray, timed: _Prepared | None = None) -> np.ndarray:
+        """Average `heat` with the heatmaps of `x` shifted by each test-time shift (zero fill,
+        as training's affine warps fill), each moved back by half the shift (256 grid)."""
+        if not self.test_time_shifts:
+            return heat
+        acc = np.array(heat, np.float32, copy=True)
+        moved = np.empty_like(x)
+        for dx, dy in self.test_time_shifts:
+            _shift_into(moved, x, dx, dy)
+            out = self._net(timed, contract.STAGE1.key, moved) if timed else self.sessions.run(contract.STAGE1.key, moved)
+            acc += _shifted(out, -dx // 2, -dy // 2)
+        acc /= 1 + len(self.test_time_shifts)
+        return acc
+
     def _stage1_input(self, preps: Sequence[_Prepared]) -> np.ndarray:
         buf = getattr(self._local, "stage1_input", None)
         if buf is None or buf.shape[0] < len(preps):
@@ -467,3 +487,17 @@ class Pipeline:
             providers=dict(self.providers), pack_name=self.pack.name, pack_version=self.pack.version,
             pixel_spacing_mm=prep.pixel_spacing_mm,
         )
+
+
+def _shift_into(out: np.ndarray, x: np.ndarray, dx: int, dy: int) -> None:
+    """out[..., y + dy, x + dx] = x[..., y, x] on the last two axes; uncovered pixels are 0."""
+    out.fill(0.0)
+    h, w = x.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+
+
+def _shifted(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    out = np.empty_like(x)
+    _shift_into(out, x, dx, dy)
+    return out

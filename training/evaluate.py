@@ -85,11 +85,15 @@ def git_commit() -> str:
 
 
 def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", threads: int | None = None,
-             limit: int | None = None, orientation: tuple[str, str] | None = None, progress=None) -> dict:
-    """Run inference.pipeline.Pipeline on every case of the split; return the report dict."""
+             limit: int | None = None, orientation: tuple[str, str] | None = None, progress=None,
+             test_time_shifts: tuple[tuple[int, int], ...] | None = None) -> dict:
+    """Run inference.pipeline.Pipeline on every case of the split; return the report dict.
+    test_time_shifts: override the pack's Stage 1 test-time augmentation (None: the pack's)."""
     from cephnode.inference.pipeline import Pipeline
 
     pipe = Pipeline.load(models_dir, device=device, threads=threads)
+    if test_time_shifts is not None:
+        pipe.test_time_shifts = tuple(test_time_shifts)
     cases = isbi.load_cases(split, exclude_duplicates=True)
     if limit:
         cases = cases[:limit]
@@ -127,6 +131,7 @@ def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", thr
         "pixel_spacing_mm": {"row": spacing[0], "column": spacing[1]},
         "pack": {"name": pipe.pack.name, "version": pipe.pack.version, "root": str(pipe.pack.root)},
         "providers": {k: v for k, v in pipe.providers.items()},
+        "stage1_test_time_shifts": [list(t) for t in pipe.test_time_shifts],
         "commit": git_commit(),
         "stage1": metrics(err),
         "stage0_anchors": metrics(a_err, STAGE0_ANCHORS),

@@ -85,7 +85,16 @@ def forget_loaded_data() -> None:
     _all_cases.cache_clear()
 
 
+# The validation split: the last train images by number, held out of Stage 1 training by
+# `cephnode train --val 20` and scored by `cephnode evaluate --split val`. Recipes, epochs and
+# test-time augmentation are chosen on these, never on test1.
+VAL_IMAGES = 20
+
+
 def load_cases(split: str | None = None, *, exclude_duplicates: bool = False) -> list[IsbiCase]:
+    """split: "train", "test1", "val" (the last VAL_IMAGES train images) or None (all)."""
+    if split == "val":
+        return sorted(load_cases("train"), key=lambda c: c.case_id)[-VAL_IMAGES:]
     cases = [c for c in _all_cases() if split is None or c.split == split]
     if exclude_duplicates:
         cases = [c for c in cases if c.case_id not in EXCLUDED_FROM_TEST]

@@ -116,3 +116,41 @@ def train_pack(out: Path, ckpt: Path, s0cfg: stage0.Stage0Config, s1cfg: stage1.
     nets["stage1"] = stage1.load_trained(ckpt / f"stage1_{s1cfg.arm}.pt")
     export.export_pack(nets, out)
     return write_pack_manifest(out, s0cfg, s1cfg, accuracy_json=accuracy_json, log_dir=ckpt.parent)
+
+
+def finetune_pack(base: Path, out: Path, ckpt: Path, s1cfg: stage1.Stage1Config, *, device: str,
+                  splits: tuple[str, ...] = ("train",), val_images: int = 0, reschedule: bool = False,
+                  say=print) -> Path:
+    """Continue the Stage 1 of the pack in `base` (s1cfg.init_from = its ONNX file) on the
+    images of `splits`, holding the last `val_images` train images (by number) out and scoring
+    them after every epoch; Stage 0 is copied from `base` unchanged. Writes the pack to `out`
+    and returns its Stage 1 ONNX path; the manifest is written by the caller (it knows which
+    protocol the pack follows)."""
+    import shutil
+
+    from cephnode.inference import contract
+    from cephnode.training import export
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    ds = cache.load()
+    use = np.isin(ds.split, splits)
+    val = None
+    if val_images:
+        tr = ds.split == "train"
+        held = np.flatnonzero(tr)[np.argsort(ds.ids[tr])][-val_images:]
+        use[held] = False
+        w, h = ds.src_size
+        row, col = isbi.pixel_spacing_mm()
+        val = (ds.images[held], ds.landmarks[held], (w * col / 512.0, h * row / 512.0))
+        say(f"validation: {len(held)} held-out train images ({', '.join(sorted(ds.ids[held])[:3])} ...)")
+    say(f"fine-tuning Stage 1 of {base} on {int(use.sum())} images ({'+'.join(splits)}), device {device}, "
+        f"checkpoints {ckpt}, log {ckpt.parent}/stage1_{s1cfg.arm}.log")
+    stage1.train(ds.images[use], ds.landmarks[use], s1cfg, ckpt, log=json_lines_logger(ckpt.parent / f"stage1_{s1cfg.arm}.log"),
+                 device=device, progress=True, reschedule=reschedule, val=val)
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in contract.MODELS:
+        if spec.key != "stage1" and (Path(base) / spec.path).resolve() != (out / spec.path).resolve():
+            (out / spec.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(base) / spec.path, out / spec.path)
+    spec = next(s for s in contract.MODELS if s.key == "stage1")
+    return export.export_model(stage1.load_trained(ckpt / f"stage1_{s1cfg.arm}.pt"), spec, out, dynamic_batch=True)

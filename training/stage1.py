@@ -46,6 +46,11 @@ class Stage1Config:
     prior_all_drop: float = 0.1
     checkpoint_every_s: float = 180.0
     device_shift: float = 0.0      # share of samples shown through augment.device_shift (0: off)
+    # Fine-tuning: start from the Stage 1 of an exported pack (its ONNX file) instead of random
+    # weights, with BatchNorm statistics frozen (batches of 4 are too small to re-estimate them,
+    # and the exported file has them folded into the convolutions).
+    init_from: str = ""
+    freeze_bn: bool = False
 
 
 def render_priors(rng: np.random.Generator, pts25_256: np.ndarray, cfg: Stage1Config) -> np.ndarray:
@@ -140,7 +145,11 @@ def train(images: np.ndarray, landmarks: np.ndarray, cfg: Stage1Config, ckpt_dir
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / f"stage1_{cfg.arm}.pt"
     torch.manual_seed(cfg.seed)
-    net = stage1_net(cfg.arch).to(device)
+    net = stage1_net(cfg.arch)
+    if cfg.init_from and not ckpt.exists():
+        init_from_onnx(net, Path(cfg.init_from))
+        log(json.dumps({"event": "init", "arm": cfg.arm, "from": cfg.init_from}))
+    net = net.to(device)
     net.sigmoid = False  # train on logits; the export puts the sigmoid back into the graph
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(images)
@@ -172,12 +181,18 @@ def train(images: np.ndarray, landmarks: np.ndarray, cfg: Stage1Config, ckpt_dir
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=total, initial=epoch * steps_per_epoch, desc=f"stage1[{cfg.arm}]", unit="step")
+    if epoch == 0 and cfg.init_from and val:
+        # the starting point's score, so the log shows what the fine-tuning changed
+        log(json.dumps({"event": "epoch", "arm": cfg.arm, "epoch": 0, "elapsed_s": 0.0,
+                        **validation_error(net, val[0], val[1], cfg, mm_per_px512=val[2], device=device)}))
     last_save = time.time()
     t0 = time.time()
     while epoch < cfg.epochs:
         rng = np.random.default_rng([cfg.seed, epoch])
         order = rng.permutation(n)
         net.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(net)
         losses = []
         for b in range(steps_per_epoch):
             ids = order[b * cfg.batch:(b + 1) * cfg.batch]
@@ -217,7 +232,65 @@ def _save(path: Path, net, opt, sched, epoch: int, cfg: Stage1Config) -> None:
 def _with_defaults(config: dict) -> dict:
     """Checkpoints from before the `arch` field were all the plain stride-4 U-Net; those from
     before `device_shift` trained without it."""
-    return {"arch": "unet-s4", "device_shift": 0.0, **config}
+    return {"arch": "unet-s4", "device_shift": 0.0, "init_from": "", "freeze_bn": False, **config}
+
+
+def freeze_batchnorm(net: torch.nn.Module) -> None:
+    """BatchNorm layers use (and keep) their running statistics; their scale and shift still train."""
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eval()
+
+
+def init_from_onnx(net: torch.nn.Module, onnx_path: Path) -> None:
+    """Load the weights of an exported Stage 1 (same architecture) back into `net`.
+
+    The exporter folds each BatchNorm into the convolution before it (weight and bias), so the
+    file holds one weight (and bias) per Conv node. Conv nodes appear in the ONNX graph in the
+    order the tracer met them, which is the order the network calls its Conv2d modules; a dry
+    forward pass records that order. A folded conv's BatchNorm becomes the identity plus the
+    folded bias (running mean 0, variance 1, scale sqrt(1 + eps)), so in eval mode, or with
+    freeze_batchnorm, the torch network computes what the file computes."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "Conv"]
+    modules = dict(net.named_modules())
+    called: list[str] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, _o, name=name: called.append(name))
+             for name, m in modules.items() if isinstance(m, torch.nn.Conv2d)]
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, 28, 512, 512))
+    for h in hooks:
+        h.remove()
+    net.train(was_training)
+    if len(called) != len(nodes):
+        raise ValueError(f"{onnx_path}: {len(nodes)} Conv nodes, the network has {len(called)} convolutions")
+    with torch.no_grad():
+        for name, node in zip(called, nodes):
+            conv = modules[name]
+            w = weights[node.input[1]]
+            b = weights[node.input[2]] if len(node.input) > 2 else None
+            if tuple(conv.weight.shape) != w.shape:
+                raise ValueError(f"{onnx_path}: {name} is {tuple(conv.weight.shape)}, the file has {w.shape}")
+            conv.weight.copy_(torch.from_numpy(w.copy()))
+            parent, _, idx = name.rpartition(".")
+            seq = modules.get(parent)
+            bn = seq[int(idx) + 1] if (idx.isdigit() and isinstance(seq, torch.nn.Sequential) and int(idx) + 1 < len(seq)
+                                       and isinstance(seq[int(idx) + 1], torch.nn.BatchNorm2d)) else None
+            if bn is not None:
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0)
+                bn.weight.fill_(math.sqrt(1.0 + bn.eps))
+                bn.bias.copy_(torch.from_numpy(b.copy()) if b is not None else torch.zeros_like(bn.bias))
+            elif conv.bias is not None:
+                conv.bias.copy_(torch.from_numpy(b.copy()))
+            elif b is not None:
+                raise ValueError(f"{onnx_path}: {name} has no bias in the network but one in the file")
 
 
 def load_trained(ckpt: Path) -> torch.nn.Module:
