@@ -40,6 +40,14 @@ def register(subparsers) -> None:
                    help="hold the last N train images (by number) out of Stage 1 training and log their "
                         "error after every epoch (stage1_<arm>.log: val_mre mm, val_sdr2), to choose "
                         "recipes on; test1 is never used for that. Default 0: train on all 150")
+    p.add_argument("--finetune", type=Path, default=None, metavar="PACK",
+                   help="continue the Stage 1 of PACK (same architecture; BatchNorm statistics frozen) instead "
+                        "of training from scratch; Stage 0 is copied from PACK unchanged")
+    p.add_argument("--train-on", choices=("train", "all"), default="train",
+                   help="Stage 1 images: train (001-150, the benchmark protocol) or all (001-300: a pack to "
+                        "ship, whose test1 figure is then not a held-out figure)")
+    p.add_argument("--lr", type=float, default=None, help="Stage 1 peak learning rate (one-cycle)")
+    p.add_argument("--version", default=None, help="pack version written into pack.json")
     p.add_argument("--stage0-epochs", type=int, default=None, help="profile and zone net epochs (quick trials)")
     p.add_argument("--mlp-steps", type=int, default=None, help="anchor MLP steps (quick trials)")
     p.add_argument("--manifest-only", action="store_true",
@@ -169,9 +177,23 @@ def cmd_train(args) -> int:
     if args.mlp_steps:
         s0cfg.mlp_steps = args.mlp_steps
     arch = {"arch": args.stage1_arch} if args.stage1_arch else {}
-    s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs, device_shift=args.device_shift, **arch)
+    extra = {"lr": args.lr} if args.lr else {}
+    if args.finetune:
+        extra.update(init_from=str((args.finetune / "stage1" / "v4_stage1.onnx").resolve()), freeze_bn=True)
+    s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs, device_shift=args.device_shift, **arch, **extra)
+    if args.finetune and not args.manifest_only:
+        from cephnode.training.pipeline_train import finetune_pack
+
+        splits = ("train",) if args.train_on == "train" else ("train", "test1")
+        finetune_pack(args.finetune, args.out, ckpt, s1cfg, device=torch_device(args.device, args.threads),
+                      splits=splits, val_images=args.val, reschedule=args.reschedule,
+                      say=lambda text: print(text, file=sys.stderr))
+        print(f"wrote {args.out}; evaluate with: cephnode evaluate --split val --models {args.out}, then write "
+              f"its pack.json with --manifest-only", file=sys.stderr)
+        return 0
     if args.manifest_only:
-        path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy, log_dir=ckpt.parent)
+        path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy, log_dir=ckpt.parent,
+                                   **({"version": args.version} if args.version else {}))
         print(f"wrote {path}", file=sys.stderr)
         return 0
     path = train_pack(args.out, ckpt, s0cfg, s1cfg, device=torch_device(args.device, args.threads),

@@ -160,8 +160,10 @@ def load_pack(path: Path | str | None = None, *, verify_hash: bool = True) -> Mo
 
 
 def write_manifest(root: Path | str, *, name: str, version: str, predicted: Iterable[str],
-                   rules: Mapping[str, str], provenance: dict, accuracy: dict) -> Path:
-    """Write <root>/pack.json with sha256 and size of every contract file present."""
+                   rules: Mapping[str, str], provenance: dict, accuracy: dict,
+                   settings: Mapping | None = None) -> Path:
+    """Write <root>/pack.json with sha256 and size of every contract file present. `settings`:
+    top-level keys the pipeline reads (e.g. stage1_test_time_shifts)."""
     root = Path(root)
     files = {}
     for spec in contract.MODELS:
@@ -179,6 +181,7 @@ def write_manifest(root: Path | str, *, name: str, version: str, predicted: Iter
         "predicted_landmarks": [n for n in CANONICAL_25 if n in set(predicted) and n not in rules],
         "rule_landmarks": rules,
         "not_predicted": [n for n in CANONICAL_25 if n not in set(predicted) and n not in rules],
+        **dict(settings or {}),
         "provenance": provenance,
         "accuracy": accuracy,
     }

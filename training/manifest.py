@@ -13,7 +13,10 @@ from cephnode.training.release import PACK_HISTORY, PACK_NAME, PACK_VERSION
 
 
 def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None = None,
-                        name: str = PACK_NAME, version: str = PACK_VERSION, log_dir: Path | None = None) -> Path:
+                        name: str = PACK_NAME, version: str = PACK_VERSION, log_dir: Path | None = None,
+                        split: str = "train (001-150) only; labels = mean of senior and junior annotators",
+                        provenance_extra: dict | None = None, settings: dict | None = None,
+                        accuracy_extra: dict | None = None) -> Path:
     accuracy = {}
     src = accuracy_json or (root / "evaluation" / "test1.json")
     if src.exists():
@@ -29,7 +32,7 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
         }
     provenance = {
         "data": "ISBI 2015 cephalometric challenge (Wang et al. 2016), shared/data/isbi2015, 968x1200 JPEG at 0.2 mm",
-        "split": "train (001-150) only; labels = mean of senior and junior annotators",
+        "split": split,
         "derived_labels": "profile mask from the image (edge path guided by soft-tissue landmarks); "
                           "contours = thick polylines through annotated landmarks; incisor axes empty",
         "stage0": asdict(s0cfg),
@@ -40,11 +43,13 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
         "history": [h for h in PACK_HISTORY if name == PACK_NAME],
         "schedule_changes": schedule_changes(log_dir, s1cfg.arm),
         "cpu_wall_seconds": training_seconds(log_dir, s1cfg.arm),
+        **(provenance_extra or {}),
     }
+    accuracy.update(accuracy_extra or {})
     return write_manifest(root, name=name, version=version, predicted=ISBI_19,
                           rules={"Prn": "Phase 0B profile geometry: most anterior point of the soft-tissue profile "
                                         "above 35 % of its height (not a trained prediction; no data labels Prn)"},
-                          provenance=provenance, accuracy=accuracy)
+                          provenance=provenance, accuracy=accuracy, settings=settings)
 
 
 def training_seconds(log_dir: Path | None, arm: str) -> dict:
