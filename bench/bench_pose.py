@@ -49,6 +49,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--step", type=int, default=1, help="every Nth test1 film (1: all 148)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--models", type=Path, default=None,
+                    help="model pack (default: the default pack). Give a pack not trained on test1 (the "
+                         "protocol model) for figures on unseen films")
     ap.add_argument("--save", type=Path, help="write every record as JSON lines")
     args = ap.parse_args()
 
@@ -56,7 +59,7 @@ def main() -> None:
     from cephnode.inference.pipeline import Pipeline
     from cephnode.training import deviceshift
 
-    pipe = Pipeline.load(None, device="cpu", threads=args.threads)
+    pipe = Pipeline.load(args.models, device="cpu", threads=args.threads)
     films = tc.load_test1(args.step)
     sets: dict[str, list[dict]] = {}
     out = open(args.save, "w") if args.save else None

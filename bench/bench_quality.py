@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--from", dest="records", type=Path, help="bench_pose.py --save output")
     ap.add_argument("--step", type=int, default=1, help="every Nth test1 film for the extra sets")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--models", type=Path, default=None,
+                    help="model pack (default: the default pack). Give a pack not trained on test1 (the "
+                         "protocol model) for figures on unseen films")
     args = ap.parse_args()
 
     from cephnode.inference.orientation import POSES
@@ -86,7 +89,7 @@ def main() -> None:
         for line in args.records.read_text().splitlines():
             r = json.loads(line)
             sets.setdefault(r["set"], []).append(r)
-    pipe = Pipeline.load(None, device="cpu", threads=args.threads)
+    pipe = Pipeline.load(args.models, device="cpu", threads=args.threads)
     films = tc.load_test1(args.step)
     right = (0, True)                      # ISBI films face right
     wrong = [p for p in POSES if p != right]
