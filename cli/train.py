@@ -48,6 +48,11 @@ def register(subparsers) -> None:
                         "ship, whose test1 figure is then not a held-out figure)")
     p.add_argument("--lr", type=float, default=None, help="Stage 1 peak learning rate (one-cycle)")
     p.add_argument("--version", default=None, help="pack version written into pack.json")
+    p.add_argument("--pack-test-time-shifts", default=None, metavar="DX:DY,...",
+                   help="Stage 1 test-time shifts written into pack.json (chosen on --split val), e.g. 4:4,-4:-4")
+    p.add_argument("--protocol", type=Path, default=None, metavar="JSON",
+                   help="with --manifest-only for a pack trained on all 300: the protocol model's (001-150) "
+                        "test1 evaluate JSON, whose held-out figures become pack.json's accuracy")
     p.add_argument("--stage0-epochs", type=int, default=None, help="profile and zone net epochs (quick trials)")
     p.add_argument("--mlp-steps", type=int, default=None, help="anchor MLP steps (quick trials)")
     p.add_argument("--manifest-only", action="store_true",
@@ -128,8 +133,13 @@ def cmd_evaluate(args) -> int:
         bar.close()
     out = args.out or (Path(report["pack"]["root"]) / "evaluation")
     report["command"] = "cephnode " + " ".join(sys.argv[1:]) if sys.argv and "cephnode" in sys.argv[0] else "cephnode evaluate"
-    jpath, ppath = evaluate.write_report(report, out, args.split)
+    stem = f"{args.split}-in-sample" if report["in_sample"] else args.split
+    jpath, ppath = evaluate.write_report(report, out, stem)
     _print_table(report)
+    if report["in_sample"]:
+        print(f"NOTE: this pack's Stage 1 was trained on the {args.split} images: these figures are not "
+              f"held out (pack.json provenance, stage1_trained_on); the held-out figure is the protocol "
+              f"model's, in pack.json accuracy")
     print(f"wrote {jpath} and {ppath}")
     return 0
 
@@ -192,8 +202,11 @@ def cmd_train(args) -> int:
               f"its pack.json with --manifest-only", file=sys.stderr)
         return 0
     if args.manifest_only:
-        path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.accuracy, log_dir=ckpt.parent,
-                                   **({"version": args.version} if args.version else {}))
+        kw: dict = {"version": args.version} if args.version else {}
+        if args.finetune:
+            kw.update(_finetune_manifest(args))
+        path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.protocol or args.accuracy,
+                                   log_dir=ckpt.parent, **kw)
         print(f"wrote {path}", file=sys.stderr)
         return 0
     path = train_pack(args.out, ckpt, s0cfg, s1cfg, device=torch_device(args.device, args.threads),
@@ -201,6 +214,32 @@ def cmd_train(args) -> int:
                       say=lambda text: print(text, file=sys.stderr))
     print(f"wrote {args.out} ({path.name}); evaluate with: cephnode evaluate --split test1", file=sys.stderr)
     return 0
+
+
+def _finetune_manifest(args) -> dict:
+    """What pack.json says about a fine-tuned pack: which images each stage saw, whether the
+    validation images were held out, the test-time shifts, and whose test1 figure it carries."""
+    import json
+
+    base = json.loads((args.finetune / "pack.json").read_text())
+    trained_on = ["train"] if args.train_on == "train" else ["train", "test1"]
+    images = ("ISBI train 001-150" if args.train_on == "train" else "all 300 labelled ISBI images (train 001-150 "
+              "and test1 151-300, 173 and 283 included)")
+    if args.val:
+        images += f" less the validation images (the last {args.val} train images, held out)"
+    split = (f"Stage 1: fine-tuned from {base['name']} {base['version']}'s Stage 1 (trained on ISBI train 001-150) "
+             f"on {images}; Stage 0: {base['name']} {base['version']}'s, train 001-150 only; labels = mean of "
+             f"senior and junior annotators")
+    shifts = _shifts(args.pack_test_time_shifts) or ()
+    extra = {"stage1_trained_on": trained_on, "validation_held_out": bool(args.val),
+             "finetuned_from": {"name": base["name"], "version": base["version"],
+                                "stage1_sha256": base["files"]["stage1/v4_stage1.onnx"]["sha256"]}}
+    accuracy_extra = {}
+    if args.train_on == "all":
+        accuracy_extra["model"] = ("the protocol model (same recipe, Stage 1 trained on train 001-150 only); this "
+                                   "pack saw test1 in training, so its own test1 figure is not held out")
+    return {"split": split, "provenance_extra": extra, "accuracy_extra": accuracy_extra,
+            "settings": {"stage1_test_time_shifts": [list(t) for t in shifts]} if shifts else None}
 
 
 def _arm(args) -> str:

@@ -100,3 +100,26 @@ def test_val_split_is_the_last_train_images_and_never_test1():
     train_ids = sorted(c.case_id for c in isbi.load_cases("train"))
     assert [c.case_id for c in val] == train_ids[-isbi.VAL_IMAGES:]
     assert not {c.case_id for c in val} & {c.case_id for c in isbi.load_cases("test1")}
+
+
+def test_evaluate_says_when_a_pack_was_trained_on_the_split(tmp_path, capsys):
+    """A pack that saw test1 (the shipped pack may be trained on all 300) never writes its
+    test1 figure as if it were held out."""
+    from cephnode.cli.main import main
+
+    root = _pack_copy(tmp_path, [])
+    manifest = json.loads((root / "pack.json").read_text())
+    manifest["provenance"]["stage1_trained_on"] = ["train", "test1"]
+    (root / "pack.json").write_text(json.dumps(manifest))
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--split", "test1", "--limit", "1", "--threads", "1", "--device", "cpu",
+                 "--models", str(root), "--out", str(out)]) == 0
+    assert "not held out" in capsys.readouterr().out
+    assert not (out / "test1.json").exists()
+    assert json.loads((out / "test1-in-sample.json").read_text())["in_sample"] is True
+    # a pack trained on train only (the protocol model; packs up to 1.4.0) is held out on test1
+    manifest["provenance"]["stage1_trained_on"] = ["train"]
+    (root / "pack.json").write_text(json.dumps(manifest))
+    assert main(["evaluate", "--split", "test1", "--limit", "1", "--threads", "1", "--device", "cpu",
+                 "--models", str(root), "--out", str(out)]) == 0
+    assert json.loads((out / "test1.json").read_text())["in_sample"] is False

@@ -76,6 +76,12 @@ def quality_summary(ids: list[str], verdicts: list[str | None], errors_mm: np.nd
     return out
 
 
+def stage1_trained_on(manifest: dict) -> set[str]:
+    """The ISBI splits a pack's Stage 1 saw in training (pack.json provenance
+    "stage1_trained_on"; packs before 1.5.0 say nothing and were trained on train only)."""
+    return set(manifest.get("provenance", {}).get("stage1_trained_on", ["train"]))
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=isbi.REPO_ROOT, capture_output=True,
@@ -132,6 +138,10 @@ def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", thr
         "pack": {"name": pipe.pack.name, "version": pipe.pack.version, "root": str(pipe.pack.root)},
         "providers": {k: v for k, v in pipe.providers.items()},
         "stage1_test_time_shifts": [list(t) for t in pipe.test_time_shifts],
+        # a pack trained on these very images (the shipped pack may use all 300): not held out
+        "in_sample": split in stage1_trained_on(pipe.pack.manifest) or (
+            split == "val" and "train" in stage1_trained_on(pipe.pack.manifest)
+            and not pipe.pack.manifest.get("provenance", {}).get("validation_held_out", False)),
         "commit": git_commit(),
         "stage1": metrics(err),
         "stage0_anchors": metrics(a_err, STAGE0_ANCHORS),
