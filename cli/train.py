@@ -205,6 +205,8 @@ def cmd_train(args) -> int:
         kw: dict = {"version": args.version} if args.version else {}
         if args.finetune:
             kw.update(_finetune_manifest(args))
+            # name the starting point by what it is, not by where it lay on the training machine
+            s1cfg.init_from = kw["provenance_extra"]["finetuned_from"]["describe"]
         path = write_pack_manifest(args.out, s0cfg, s1cfg, accuracy_json=args.protocol or args.accuracy,
                                    log_dir=ckpt.parent, **kw)
         print(f"wrote {path}", file=sys.stderr)
@@ -231,9 +233,24 @@ def _finetune_manifest(args) -> dict:
              f"on {images}; Stage 0: {base['name']} {base['version']}'s, train 001-150 only; labels = mean of "
              f"senior and junior annotators")
     shifts = _shifts(args.pack_test_time_shifts) or ()
+    sha = base["files"]["stage1/v4_stage1.onnx"]["sha256"]
     extra = {"stage1_trained_on": trained_on, "validation_held_out": bool(args.val),
-             "finetuned_from": {"name": base["name"], "version": base["version"],
-                                "stage1_sha256": base["files"]["stage1/v4_stage1.onnx"]["sha256"]}}
+             "finetuned_from": {"name": base["name"], "version": base["version"], "stage1_sha256": sha,
+                                "describe": f"{base['name']} {base['version']} stage1/v4_stage1.onnx (sha256 {sha[:12]}...)"}}
+    if args.protocol:
+        rep = json.loads(args.protocol.read_text())
+        proto_manifest = Path(rep["pack"]["root"]) / "pack.json"
+        proto = json.loads(proto_manifest.read_text()) if proto_manifest.exists() else {}
+        extra["protocol_model"] = {
+            "version": rep["pack"]["version"], "evaluated_commit": rep.get("commit"),
+            "split": proto.get("provenance", {}).get("split"),
+            "stage1": proto.get("provenance", {}).get("stage1"),
+            "stage1_sha256": proto.get("files", {}).get("stage1/v4_stage1.onnx", {}).get("sha256"),
+            "stage1_test_time_shifts": rep.get("stage1_test_time_shifts"),
+            "test1_mre_mm": rep["stage1"]["overall"]["mre_mm"], "test1_sdr": rep["stage1"]["overall"]["sdr"],
+        }
+        if extra["protocol_model"]["stage1"]:
+            extra["protocol_model"]["stage1"]["init_from"] = extra["finetuned_from"]["describe"]
     accuracy_extra = {}
     if args.train_on == "all":
         accuracy_extra["model"] = ("the protocol model (same recipe, Stage 1 trained on train 001-150 only); this "

@@ -52,7 +52,10 @@ def load_pipeline(cfg: NodeConfig) -> Any:
     from cephnode.inference.pipeline import Pipeline  # heavy (ONNX Runtime)
 
     p = cfg.processing
-    return Pipeline.load(p.models_dir, device=p.device, threads=p.threads)
+    pipe = Pipeline.load(p.models_dir, device=p.device, threads=p.threads)
+    if p.test_time_shifts == "none":
+        pipe.test_time_shifts = ()
+    return pipe
 
 
 class NodeService:

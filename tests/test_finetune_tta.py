@@ -123,3 +123,15 @@ def test_evaluate_says_when_a_pack_was_trained_on_the_split(tmp_path, capsys):
     assert main(["evaluate", "--split", "test1", "--limit", "1", "--threads", "1", "--device", "cpu",
                  "--models", str(root), "--out", str(out)]) == 0
     assert json.loads((out / "test1.json").read_text())["in_sample"] is False
+
+
+def test_the_node_config_can_turn_the_packs_test_time_shifts_off(tmp_path):
+    from cephnode.config.schema import NodeConfig
+    from cephnode.node.service import load_pipeline
+
+    root = _pack_copy(tmp_path, [[2, 2], [-2, -2]])
+    on = NodeConfig.model_validate({"processing": {"models_dir": str(root), "device": "cpu"}})
+    off = NodeConfig.model_validate({"processing": {"models_dir": str(root), "device": "cpu",
+                                                    "test_time_shifts": "none"}})
+    assert load_pipeline(on).test_time_shifts == ((2, 2), (-2, -2))
+    assert load_pipeline(off).test_time_shifts == ()
