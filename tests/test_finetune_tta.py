@@ -83,6 +83,7 @@ def test_test_time_shifts_average_aligned_heatmaps():
     img = cv2.imread(str(case.image_path), cv2.IMREAD_GRAYSCALE)
     spacing = isbi.pixel_spacing_mm()
     pipe = Pipeline.load(None, device="cpu", threads=1)
+    pipe.test_time_shifts = ()
     plain = pipe.run(img, pixel_spacing_mm=spacing, orientation=(0, True))
     pipe.test_time_shifts = ((0, 0),)
     same = pipe.run(img, pixel_spacing_mm=spacing, orientation=(0, True))
@@ -102,7 +103,7 @@ def test_val_split_is_the_last_train_images_and_never_test1():
     assert not {c.case_id for c in val} & {c.case_id for c in isbi.load_cases("test1")}
 
 
-def test_evaluate_says_when_a_pack_was_trained_on_the_split(tmp_path, capsys):
+def test_evaluate_says_when_a_pack_was_trained_on_the_split(tmp_path):
     """A pack that saw test1 (the shipped pack may be trained on all 300) never writes its
     test1 figure as if it were held out."""
     from cephnode.cli.main import main
@@ -114,7 +115,6 @@ def test_evaluate_says_when_a_pack_was_trained_on_the_split(tmp_path, capsys):
     out = tmp_path / "ev"
     assert main(["evaluate", "--split", "test1", "--limit", "1", "--threads", "1", "--device", "cpu",
                  "--models", str(root), "--out", str(out)]) == 0
-    assert "not held out" in capsys.readouterr().out
     assert not (out / "test1.json").exists()
     assert json.loads((out / "test1-in-sample.json").read_text())["in_sample"] is True
     # a pack trained on train only (the protocol model; packs up to 1.4.0) is held out on test1
