@@ -29,11 +29,22 @@ def private(value: str, meaning: str) -> Code:
     return Code(value, SCHEME, meaning, SCHEME_VERSION)
 
 
+# cornerstone's private scheme (@cornerstonejs/adapters, Cornerstone3D constants): OHIF reads a
+# label's place on the image from an SCOORD of this name in a measurement group (dicom_io.sr_labels).
+CS3D_SCHEME = "99CS3D"
+TEXT_POSITION = Code("TextPosition", CS3D_SCHEME, "Text Annotation Position")
+
+
 def coding_scheme_identification() -> list[CodingSchemeIdentificationItem]:
-    """Items of the Coding Scheme Identification Sequence (0008,0110) declaring the private scheme."""
-    return [CodingSchemeIdentificationItem(
-        designator=SCHEME, name=SCHEME_NAME, version=SCHEME_VERSION, responsible_organization=SCHEME_RESPONSIBLE,
-    )]
+    """Items of the Coding Scheme Identification Sequence (0008,0110) declaring the private schemes."""
+    return [
+        CodingSchemeIdentificationItem(
+            designator=SCHEME, name=SCHEME_NAME, version=SCHEME_VERSION, responsible_organization=SCHEME_RESPONSIBLE,
+        ),
+        CodingSchemeIdentificationItem(
+            designator=CS3D_SCHEME, name="Cornerstone3D annotation codes", responsible_organization="cornerstonejs",
+        ),
+    ]
 
 
 # --- units (UCUM) --------------------------------------------------------------------------
