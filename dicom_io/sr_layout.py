@@ -183,6 +183,8 @@ def _tool_shape(m: CephMeasurement, pts: np.ndarray, cols: int, rows: int,
         if ((tool != COBB_ANGLE or len(shaped) == 4) and all(_inside(p, cols, rows) for p in shaped)
                 and abs(tool_value(tool, shaped, spacing) - float(m.value)) <= TOOL_AGREEMENT):
             return tool, shaped
+    if m.kind == "distance" and n == 4:          # drawn in the same order, tool or not
+        return None, on_film(candidates[0][1], cols, rows)
     return None, on_film(pts, cols, rows)
 
 
@@ -215,14 +217,15 @@ def _ray_end(start: np.ndarray, towards: np.ndarray, length: float, cols: int, r
     return far if np.hypot(*(far - start)) >= 1.0 else None
 
 
-def _free_ends(m: CephMeasurement, pts: np.ndarray) -> tuple[bool, bool]:
-    """Which ends may be drawn further: the lines of an angle are lines; a point-to-line
-    distance drawn [point, foot, a, b] may lengthen its reference line only (at b)."""
+def _free_ends(m: CephMeasurement, pts: np.ndarray) -> tuple[int | None, int | None]:
+    """Which points may be moved further out along their line (index of the first and of the
+    last such point, None: none): the lines of an angle are lines, both its ends; a point-to-
+    line distance drawn [point, foot, a, b] may lengthen its reference line only, at a and b."""
     if m.kind == "angle":
-        return True, True
+        return 0, len(pts) - 1
     if m.kind == "distance" and len(pts) == 4:
-        return False, True
-    return False, False
+        return 2, 3
+    return None, None
 
 
 def landmark_boxes(result: InferenceResult, cols: int, rows: int, scale: float) -> list[Box]:
@@ -240,13 +243,14 @@ def landmark_boxes(result: InferenceResult, cols: int, rows: int, scale: float) 
 
 @dataclass
 class _Options:
-    """The drawings allowed for one measurement: its first point moved further out along its
-    line (index i), its last point likewise (j). Moving an end point keeps the number of
-    points, so a drawing keeps its tool's shape. Anchors of all i x j combinations are computed
-    at once; only the chosen polyline is built."""
+    """The drawings allowed for one measurement: one point (`start_at`) moved further out along
+    its line (index i), the last point likewise (j). Moving a point keeps the number of points,
+    so a drawing keeps its tool's shape. Anchors of all i x j combinations are computed at
+    once; only the chosen polyline is built."""
     base: np.ndarray
     starts: list[tuple[float, np.ndarray | None]]
     ends: list[tuple[float, np.ndarray | None]]
+    start_at: int = 0
 
     def anchors_and_lengths(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x, y, added length) per combination, flattened in (i, j) order. A moved end lies
@@ -265,17 +269,21 @@ class _Options:
         i, j = np.unravel_index(flat, (len(self.starts), len(self.ends)))
         pts = self.base.copy()
         if self.starts[i][1] is not None:
-            pts[0] = self.starts[i][1]
+            pts[self.start_at] = self.starts[i][1]
         if self.ends[j][1] is not None:
             pts[-1] = self.ends[j][1]
         return pts
 
 
 def _options(m: CephMeasurement, base: np.ndarray, cols: int, rows: int) -> _Options:
-    free_start, free_end = _free_ends(m, base)
-    starts = [(e, _ray_end(base[0], base[1], e * rows, cols, rows)) for e in (EXTENSIONS if free_start else (0.0,))]
-    ends = [(e, _ray_end(base[-1], base[-2], e * rows, cols, rows)) for e in (EXTENSIONS if free_end else (0.0,))]
-    return _Options(base, starts, ends)
+    first, last = _free_ends(m, base)
+    # the first free point moves away from its neighbour on its line (the next point, or for
+    # a reference line [.., a, b] from b), the last away from the point before it
+    at = first or 0
+    away = at + 1 if at + 1 < len(base) and at != len(base) - 1 else at - 1
+    starts = [(e, _ray_end(base[at], base[away], e * rows, cols, rows)) for e in (EXTENSIONS if first is not None else (0.0,))]
+    ends = [(e, _ray_end(base[-1], base[-2], e * rows, cols, rows)) for e in (EXTENSIONS if last is not None else (0.0,))]
+    return _Options(base, starts, ends, at)
 
 
 def _overlaps(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
