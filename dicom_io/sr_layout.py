@@ -10,11 +10,13 @@ a landmark's at the tail of an arrow it draws from a tenth of the image down-rig
 With every line ending on the face, 28 labels then start at N, A, B and the incisors.
 
 So, per measurement:
+- its points are put in the shape of the OHIF tool that can take it over when the SR is tracked
+  (Angle, CobbAngle, Length; see _tool_shape), if that tool would show the SR's value;
 - a point off the film (two nearly parallel lines meet far behind the head) is replaced by
-  where its lines leave the film, the two joined along the edge: nothing is drawn off the image;
-- the free ends of an angle's lines (and the reference line of a point-to-line distance) may be
-  drawn up to 30 % of the film's height further along the same line, and one ray of an angle
-  drawn as [a, vertex, b] may run on through the vertex (the polyline goes there and back);
+  where its lines leave the film: nothing is drawn off the image;
+- the free ends of an angle's lines (and both ends of the reference line of a point-to-line
+  distance) may be moved up to 30 % of the film's height further along the same line (moved,
+  not added: the drawing keeps its tool's shape);
 - the label box each choice gives is estimated at a nominal fit-to-window scale (position and
   size agree with OHIF's SVG to within a pixel); the choice wins whose label overlaps least with
   the landmark labels and the other measurement labels, each 16-character label's worth of
@@ -23,7 +25,8 @@ So, per measurement:
   order, then passes that see every other label until nothing changes (at most 4).
 A distance's measured segment is never lengthened: it shows the distance itself. Every landmark
 point of the analysis's polyline stays on the drawn polyline. The result depends only on the
-landmarks and the film's size, so rebuilding an SR gives the same bytes.
+landmarks, the pixel spacing and the film's size, so rebuilding an SR gives the same bytes.
+Where a tracking viewer writes the labels is dicom_io.sr_labels's job.
 """
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ from cephnode.cephalometry.analysis import analyse
 from cephnode.dicom_io import codes
 from cephnode.dicom_io.outputs import build_outputs, instance_uid, series_uid
 from cephnode.dicom_io.sr import CORNERSTONE_3D_TAG, PIXEL_CORNER_OFFSET
-from cephnode.dicom_io.sr_layout import ANGLE, COBB_ANGLE, LENGTH, measurement_drawings, tool_value
+from cephnode.dicom_io.sr_labels import RADII, label_positions, tool_text
+from cephnode.dicom_io.sr_layout import (ANGLE, CHAR_W, COBB_ANGLE, LENGTH, LINE_H, NOMINAL_SCREEN_HEIGHT,
+                                         measurement_drawings, tool_value)
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 from tests.support.validators import dciodvfy, dicom_sr_validator
 
@@ -253,6 +255,39 @@ def test_a_tracking_viewer_shows_the_sr_value_never_a_wrong_one():
                 assert np.array_equal(pts[1], pts[2])                   # [a, v, v, b]
             assert pts.min() >= 0 and pts[:, 0].max() <= cols and pts[:, 1].max() <= rows
     assert used[ANGLE] > 50 and used[COBB_ANGLE] > 10 and used[LENGTH] > 50 and used[None] > 20, used
+
+
+def test_tracked_labels_are_placed_apart_beside_what_they_name():
+    # Where OHIF writes each label once it tracks the SR (dicom_io/sr_labels.py), estimated at the
+    # fit-to-window scale: on eight films no two boxes overlap by more than a sliver, every box is
+    # on the film, and each landmark's name is beside its point (test_viewer_ohif measures the
+    # same on OHIF's screen).
+    for cid in ("001", "002", "003", "004", "005", "006", "007", "008"):
+        case = isbi_report_case(cid)
+        analysis = analyse(case.result)
+        rows, cols = int(case.source.Rows), int(case.source.Columns)
+        drawn = measurement_drawings(case.result, analysis, cols, rows)
+        landmark_at, measurement_at = label_positions(case.result, analysis, drawn, cols, rows)
+        lms = {lm.name: lm for lm in case.result.landmarks if lm.available}
+        assert set(landmark_at) == set(lms)
+        assert set(measurement_at) == {m.key for m in analysis.computed if drawn[m.key].tool is not None}
+        scale = rows / NOMINAL_SCREEN_HEIGHT
+        texts = {**{n: n for n in landmark_at},
+                 **{m.key: tool_text(drawn[m.key].tool, m.value, m.unit) for m in analysis.computed if m.key in measurement_at}}
+        at = {**landmark_at, **measurement_at}
+        boxes = np.array([[*at[k], at[k][0] + len(t) * CHAR_W * scale, at[k][1] + LINE_H * scale] for k, t in texts.items()])
+        assert boxes[:, :2].min() >= 0 and boxes[:, 2].max() <= cols and boxes[:, 3].max() <= rows, cid
+        w = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+        h = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+        overlap = np.triu(np.clip(w, 0, None) * np.clip(h, 0, None), 1).sum()
+        assert overlap / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum() < 0.01, cid
+        for name, (x, y) in landmark_at.items():
+            p = np.array([lms[name].x + PIXEL_CORNER_OFFSET, lms[name].y + PIXEL_CORNER_OFFSET])
+            centre = np.array([x + len(name) * CHAR_W * scale / 2, y + LINE_H * scale / 2])
+            assert np.hypot(*(centre - p)) < (max(RADII) + 40) * scale, (cid, name)
+    # and a rebuild puts them in the same places
+    again = label_positions(case.result, analysis, measurement_drawings(case.result, analysis, cols, rows), cols, rows)
+    assert all(np.array_equal(again[0][k], landmark_at[k]) for k in landmark_at)
 
 
 def _distance_to_polyline(p, line) -> float:
