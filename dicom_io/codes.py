@@ -35,16 +35,17 @@ CS3D_SCHEME = "99CS3D"
 TEXT_POSITION = Code("TextPosition", CS3D_SCHEME, "Text Annotation Position")
 
 
-def coding_scheme_identification() -> list[CodingSchemeIdentificationItem]:
-    """Items of the Coding Scheme Identification Sequence (0008,0110) declaring the private schemes."""
-    return [
-        CodingSchemeIdentificationItem(
-            designator=SCHEME, name=SCHEME_NAME, version=SCHEME_VERSION, responsible_organization=SCHEME_RESPONSIBLE,
-        ),
-        CodingSchemeIdentificationItem(
+def coding_scheme_identification(*, cornerstone: bool = False) -> list[CodingSchemeIdentificationItem]:
+    """Items of the Coding Scheme Identification Sequence (0008,0110) declaring the private schemes
+    an object uses: ours, and cornerstone's when `cornerstone` (the SR's label positions)."""
+    items = [CodingSchemeIdentificationItem(
+        designator=SCHEME, name=SCHEME_NAME, version=SCHEME_VERSION, responsible_organization=SCHEME_RESPONSIBLE,
+    )]
+    if cornerstone:
+        items.append(CodingSchemeIdentificationItem(
             designator=CS3D_SCHEME, name="Cornerstone3D annotation codes", responsible_organization="cornerstonejs",
-        ),
-    ]
+        ))
+    return items
 
 
 # --- units (UCUM) --------------------------------------------------------------------------

@@ -385,6 +385,6 @@ def build_sr(
         manufacturer=MANUFACTURER,
         is_complete=True,
         series_description=f"Cephalometric tracing SR ({pack_name} {pack_version})"[:64],
-        coding_schemes=codes.coding_scheme_identification(),
+        coding_schemes=codes.coding_scheme_identification(cornerstone=True),
     )
     return sr
