@@ -119,13 +119,6 @@ _MEASUREMENT_VALUES = {
 }
 MEASUREMENT_KEY_BY_VALUE = {v: k for k, v in _MEASUREMENT_VALUES.items()}
 
-# Generic kinds, standard codes (used as the finding type of each measurement group).
-KINDS: dict[str, Code] = {
-    "angle": Code("110859", "DCM", "Angle"),
-    "distance": Code("121206", "DCM", "Distance"),
-    "ratio": Code("118586006", "SCT", "Ratio"),
-}
-
 
 def measurement_code(key: str, name: str) -> Code:
     return private(_MEASUREMENT_VALUES[key], name)

@@ -78,7 +78,7 @@ PIXEL_CORNER_OFFSET = 0.5
 # with this tag, a colon and the tool's name. The rest of the identifier is ours.
 CORNERSTONE_3D_TAG = "Cornerstone3DTools@^0.1.0"
 ARROW_ANNOTATE = "ArrowAnnotate"
-LO_MAX = 64     # Tracking Identifier is a TEXT item; DICOM's LO length keeps it short for viewers
+LO_MAX = 64     # the LO length: viewers (and our tests) expect a short identifier
 
 
 def tracking_identifier(tool: str | None, name: str, short_name: str | None = None) -> str:
@@ -167,8 +167,8 @@ def _text_position(at, parts: _Parts) -> ScoordContentItem:
     """Where a tracking viewer writes the group's label (dicom_io.sr_labels): cornerstone's
     (TextPosition, 99CS3D) POINT, SELECTED FROM the source image like every SCOORD of TID 1501."""
     item = ScoordContentItem(name=parts.concept(codes.TEXT_POSITION), graphic_type=GraphicTypeValues.POINT,
-                               graphic_data=np.asarray(at, dtype=float).reshape(1, 2),
-                               relationship_type=RelationshipTypeValues.CONTAINS)
+                             graphic_data=np.asarray(at, dtype=float).reshape(1, 2),
+                             relationship_type=RelationshipTypeValues.CONTAINS)
     item.ContentSequence = [parts.source_image]
     return item
 
