@@ -29,11 +29,23 @@ def private(value: str, meaning: str) -> Code:
     return Code(value, SCHEME, meaning, SCHEME_VERSION)
 
 
-def coding_scheme_identification() -> list[CodingSchemeIdentificationItem]:
-    """Items of the Coding Scheme Identification Sequence (0008,0110) declaring the private scheme."""
-    return [CodingSchemeIdentificationItem(
+# cornerstone's private scheme (@cornerstonejs/adapters, Cornerstone3D constants): OHIF reads a
+# label's place on the image from an SCOORD of this name in a measurement group (dicom_io.sr_labels).
+CS3D_SCHEME = "99CS3D"
+TEXT_POSITION = Code("TextPosition", CS3D_SCHEME, "Text Annotation Position")
+
+
+def coding_scheme_identification(*, cornerstone: bool = False) -> list[CodingSchemeIdentificationItem]:
+    """Items of the Coding Scheme Identification Sequence (0008,0110) declaring the private schemes
+    an object uses: ours, and cornerstone's when `cornerstone` (the SR's label positions)."""
+    items = [CodingSchemeIdentificationItem(
         designator=SCHEME, name=SCHEME_NAME, version=SCHEME_VERSION, responsible_organization=SCHEME_RESPONSIBLE,
     )]
+    if cornerstone:
+        items.append(CodingSchemeIdentificationItem(
+            designator=CS3D_SCHEME, name="Cornerstone3D annotation codes", responsible_organization="cornerstonejs",
+        ))
+    return items
 
 
 # --- units (UCUM) --------------------------------------------------------------------------
@@ -106,13 +118,6 @@ _MEASUREMENT_VALUES = {
     "holdaway.chin_thickness": "M-CHIN-THICK", "vertical.sn_mp": "M-SN-MP",
 }
 MEASUREMENT_KEY_BY_VALUE = {v: k for k, v in _MEASUREMENT_VALUES.items()}
-
-# Generic kinds, standard codes (used as the finding type of each measurement group).
-KINDS: dict[str, Code] = {
-    "angle": Code("110859", "DCM", "Angle"),
-    "distance": Code("121206", "DCM", "Distance"),
-    "ratio": Code("118586006", "SCT", "Ratio"),
-}
 
 
 def measurement_code(key: str, name: str) -> Code:

@@ -4,10 +4,11 @@ Layout (shared/spec/dicom-output.md, docs/report.md). The Imaging Measurements c
 only groups that have geometry, one TID 1501 group each:
 - per available landmark: the detection confidence (NUM, TID 300) INFERRED FROM an SCOORD POINT
   on the source image, the landmark as the group's Finding, its own tracking identifier + UID,
-  its confidence level and source (model / stated rule) as coded evaluations, and a Comment
-  naming it ("S");
+  its confidence level and source (model / stated rule) as coded evaluations, a Comment
+  naming it ("S") and where a tracking viewer writes that name;
 - per computed measurement: a TID 300 NUM with ONE INFERRED FROM SCOORD POLYLINE along the lines
-  it was measured on and the analysis as its method; normality and caveats as coded evaluations.
+  it was measured on and the analysis as its method, the measurement itself as the Finding;
+  normality and caveats as coded evaluations; where a tracking viewer writes its value.
 Everything without geometry (unavailable landmarks, measurements left out and why, the
 classifications, the tracing status, and further report-level verdicts) is a CODE item of
 TID 1500's report-level Qualitative Evaluations container.
@@ -17,6 +18,15 @@ group of Imaging Measurements into one drawing and reads the first coordinate of
 group without an SCOORD stops the whole SR; it labels a drawing with the group's Comment items
 first, then "meaning: value unit" of each NUM. A planar-ROI group (TID 1410) would be labelled
 by its NUM only, never by the landmark, hence the TID 1501 form with the point under the NUM.
+
+Tracking (OHIF's "continue tracking measurements?", then its measurement panel): OHIF offers it
+for an SR whose groups @cornerstonejs/adapters can read back as cornerstone tools, found by the
+Tracking Identifier ("Cornerstone3DTools@^0.1.0:Length", prefix match; free text in TID 4108,
+so the rest stays ours: "...:Length:Steiner U1-NA (distance)"). Landmarks are ArrowAnnotate
+(labelled by the Comment); measurements are Angle, CobbAngle or Length when their drawing has
+that tool's shape and the tool, which measures the drawing again, shows the SR's value
+(dicom_io.sr_layout); the rest keep a plain identifier and are not tracked. Each tool's label
+goes where the group's (TextPosition, 99CS3D) POINT says (dicom_io.sr_labels).
 
 SCOORD convention: DICOM puts (0, 0) at the top-left CORNER of the first pixel, landmarks are
 in pixel-centre coordinates, so every coordinate is written as (x + 0.5, y + 0.5).
@@ -44,6 +54,7 @@ from highdicom.sr.value_types import (
     ContainerContentItem,
     ContentItem,
     RelationshipTypeValues,
+    ScoordContentItem,
     TextContentItem,
 )
 from pydicom.dataset import Dataset
@@ -54,12 +65,31 @@ from cephnode.cephalometry.analysis import Measurement as CephMeasurement
 from cephnode.dicom_io import codes, qc_content
 from cephnode.dicom_io.equipment import MANUFACTURER
 from cephnode.dicom_io.sr_fast import ComprehensiveSR, SharedConcept   # highdicom's, faster (see there)
-from cephnode.dicom_io.sr_layout import measurement_polylines
+from cephnode.dicom_io.sr_labels import label_positions
+from cephnode.dicom_io.sr_layout import Drawing, measurement_drawings
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.flags import Caveat
 from cephnode.domain.result import InferenceResult, Landmark
 
 PIXEL_CORNER_OFFSET = 0.5
+
+# How OHIF's SR reader (@cornerstonejs/adapters, Cornerstone3D MeasurementReport) recognises a
+# group it can turn back into one of its measurement tools: a Tracking Identifier that starts
+# with this tag, a colon and the tool's name. The rest of the identifier is ours.
+CORNERSTONE_3D_TAG = "Cornerstone3DTools@^0.1.0"
+ARROW_ANNOTATE = "ArrowAnnotate"
+LO_MAX = 64     # the LO length: viewers (and our tests) expect a short identifier
+
+
+def tracking_identifier(tool: str | None, name: str, short_name: str | None = None) -> str:
+    """The group's Tracking Identifier: `name`, led by OHIF's tag and tool when a tool fits
+    (`short_name` instead of `name` when that would be too long)."""
+    if tool is None:
+        return name
+    found = f"{CORNERSTONE_3D_TAG}:{tool}:{name}"
+    if len(found) > LO_MAX and short_name is not None:
+        found = f"{CORNERSTONE_3D_TAG}:{tool}:{short_name}"
+    return found[:LO_MAX]
 
 
 class _Parts:
@@ -133,14 +163,25 @@ def _comment(text: str) -> TextContentItem:
     return TextContentItem(name=codes.COMMENT, value=text, relationship_type=RelationshipTypeValues.CONTAINS)
 
 
-def _landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo) -> MeasurementsAndQualitativeEvaluations:
+def _text_position(at, parts: _Parts) -> ScoordContentItem:
+    """Where a tracking viewer writes the group's label (dicom_io.sr_labels): cornerstone's
+    (TextPosition, 99CS3D) POINT, SELECTED FROM the source image like every SCOORD of TID 1501."""
+    item = ScoordContentItem(name=parts.concept(codes.TEXT_POSITION), graphic_type=GraphicTypeValues.POINT,
+                             graphic_data=np.asarray(at, dtype=float).reshape(1, 2),
+                             relationship_type=RelationshipTypeValues.CONTAINS)
+    item.ContentSequence = [parts.source_image]
+    return item
+
+
+def _landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo, label_at=None) -> MeasurementsAndQualitativeEvaluations:
     point = CoordinatesForMeasurement(
         graphic_type=GraphicTypeValues.POINT,
         graphic_data=scoord([(lm.x, lm.y)]),
         source_image=parts.source_image,
     )
     group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=track_uid, identifier=f"Landmark {lm.name}"),
+        tracking_identifier=TrackingIdentifier(uid=track_uid,
+                                               identifier=tracking_identifier(ARROW_ANNOTATE, f"Landmark {lm.name}")),
         finding_type=parts.concept(codes.LANDMARKS[lm.name]),
         algorithm_id=algo,
         measurements=[Measurement(name=parts.concept(codes.LANDMARK_CONFIDENCE), value=float(lm.confidence),
@@ -151,6 +192,8 @@ def _landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo) -> Measur
         ],
     )
     group[0].ContentSequence.append(_comment(landmark_label(lm)))
+    if label_at is not None:
+        group[0].ContentSequence.append(_text_position(label_at, parts))
     return group
 
 
@@ -218,24 +261,32 @@ def _normality(m: CephMeasurement, parts: _Parts) -> list[QualitativeEvaluation]
 
 
 def _measurement_group(m: CephMeasurement, parts: _Parts, track_uid: str, algo,
-                       polyline=None) -> MeasurementsAndQualitativeEvaluations:
+                       drawing: Drawing | None = None, label_at=None) -> MeasurementsAndQualitativeEvaluations:
     """A computed measurement (value not None); left-out ones go to _omitted_measurements.
-    `polyline`: where its lines are drawn (dicom_io.sr_layout), else the analysis's own."""
+    `drawing`: where and as which OHIF tool its lines are drawn (dicom_io.sr_layout), else the
+    analysis's own polyline, no tool; `label_at`: where a tracking viewer writes its value
+    (dicom_io.sr_labels). The group's Finding is the measurement itself ("SNA"): OHIF lists a
+    tracked measurement under its finding's meaning. (A Comment would name it as well, but OHIF
+    also writes every Comment as a line of the untracked drawing's label, doubling each label.)"""
     code = parts.concept(codes.measurement_code(m.key, m.name))
     caveats = [parts.evaluation(codes.CAVEAT, codes.caveat_code(f)) for f in m.flags]
-    tracking = TrackingIdentifier(uid=track_uid, identifier=f"{m.analysis} {m.name}")
+    tool = None if drawing is None else drawing.tool
+    tracking = TrackingIdentifier(uid=track_uid, identifier=tracking_identifier(tool, f"{m.analysis} {m.name}", m.name))
     line = CoordinatesForMeasurement(
         graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=scoord(m.polyline if polyline is None else polyline),
+        graphic_data=scoord(m.polyline if drawing is None else drawing.points),
         source_image=parts.source_image,
     )
     # The analysis (Steiner, Downs...) is the measurement's method: a TID 300 concept modifier.
     num = Measurement(name=code, value=float(m.value), unit=parts.concept(codes.UNITS[m.unit]),
                       method=parts.concept(codes.ANALYSES[m.analysis]), referenced_coordinates=[line])
-    return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking, finding_type=parts.concept(codes.KINDS[m.kind]),
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, finding_type=code,
         algorithm_id=algo, measurements=[num], qualitative_evaluations=[*_normality(m, parts), *caveats] or None,
     )
+    if label_at is not None:
+        group[0].ContentSequence.append(_text_position(label_at, parts))
+    return group
 
 
 def _has_geometry(group) -> bool:
@@ -268,12 +319,16 @@ def build_sr(
 
     algo = algorithm(pack_name, pack_version)
     parts = _Parts(source)
-    # Imaging Measurements: only groups a viewer can draw (see the module docstring).
-    groups: list = [_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo)
+    # Imaging Measurements: only groups a viewer can draw (see the module docstring). Each
+    # measurement's lines drawn in the shape of an OHIF tool where one fits, and so that labels
+    # do not pile up (dicom_io.sr_layout); each label's place when OHIF tracks them (sr_labels).
+    cols, rows = int(source.Columns), int(source.Rows)
+    drawn = measurement_drawings(result, analysis, cols, rows)
+    landmark_at, measurement_at = label_positions(result, analysis, drawn, cols, rows)
+    groups: list = [_landmark_group(lm, parts, uid(f"sr-track-landmark-{lm.name}"), algo, landmark_at.get(lm.name))
                     for lm in result.landmarks if lm.available]
-    # Each measurement's lines drawn so that OHIF's labels do not pile up (dicom_io.sr_layout).
-    drawn = measurement_polylines(result, analysis, int(source.Columns), int(source.Rows))
-    groups += [_measurement_group(m, parts, uid(f"sr-track-measurement-{m.key}"), algo, drawn[m.key])
+    groups += [_measurement_group(m, parts, uid(f"sr-track-measurement-{m.key}"), algo, drawn[m.key],
+                                  measurement_at.get(m.key))
                for m in analysis.measurements if m.value is not None]
     # Report-level Qualitative Evaluations: everything without geometry. A further verdict on
     # the whole report (a quality gate, say) is one more list of CODE items here.
@@ -330,6 +385,6 @@ def build_sr(
         manufacturer=MANUFACTURER,
         is_complete=True,
         series_description=f"Cephalometric tracing SR ({pack_name} {pack_version})"[:64],
-        coding_schemes=codes.coding_scheme_identification(),
+        coding_schemes=codes.coding_scheme_identification(cornerstone=True),
     )
     return sr

@@ -10,11 +10,13 @@ a landmark's at the tail of an arrow it draws from a tenth of the image down-rig
 With every line ending on the face, 28 labels then start at N, A, B and the incisors.
 
 So, per measurement:
+- its points are put in the shape of the OHIF tool that can take it over when the SR is tracked
+  (Angle, CobbAngle, Length; see _tool_shape), if that tool would show the SR's value;
 - a point off the film (two nearly parallel lines meet far behind the head) is replaced by
-  where its lines leave the film, the two joined along the edge: nothing is drawn off the image;
-- the free ends of an angle's lines (and the reference line of a point-to-line distance) may be
-  drawn up to 30 % of the film's height further along the same line, and one ray of an angle
-  drawn as [a, vertex, b] may run on through the vertex (the polyline goes there and back);
+  where its lines leave the film: nothing is drawn off the image;
+- the free ends of an angle's lines (and both ends of the reference line of a point-to-line
+  distance) may be moved up to 30 % of the film's height further along the same line (moved,
+  not added: the drawing keeps its tool's shape);
 - the label box each choice gives is estimated at a nominal fit-to-window scale (position and
   size agree with OHIF's SVG to within a pixel); the choice wins whose label overlaps least with
   the landmark labels and the other measurement labels, each 16-character label's worth of
@@ -23,7 +25,8 @@ So, per measurement:
   order, then passes that see every other label until nothing changes (at most 4).
 A distance's measured segment is never lengthened: it shows the distance itself. Every landmark
 point of the analysis's polyline stays on the drawn polyline. The result depends only on the
-landmarks and the film's size, so rebuilding an SR gives the same bytes.
+landmarks, the pixel spacing and the film's size, so rebuilding an SR gives the same bytes.
+Where a tracking viewer writes the labels is dicom_io.sr_labels's job.
 """
 from __future__ import annotations
 
@@ -74,7 +77,8 @@ def anchor_of(points: np.ndarray) -> tuple[float, float]:
 
 
 def label_lines(m: CephMeasurement, unit: str) -> list[str]:
-    """How OHIF writes a measurement group's label: 'meaning: value unit', two decimals."""
+    """How OHIF writes a measurement group's label before it tracks them: 'meaning: value unit',
+    two decimals."""
     return [f"{m.name}: {m.value:.2f} {unit}"]
 
 
@@ -103,23 +107,88 @@ def _line_intersection(p1, p2, q1, q2) -> np.ndarray | None:
     return p1 + t * d1
 
 
-def _as_vertex(m: CephMeasurement, pts: np.ndarray) -> np.ndarray:
-    """Two lines of an angle given as their four points (their meeting point was judged too far):
-    drawn instead from each line's far point through its near point to where they meet, so the
-    connector between them is no false line across the face; off-film parts are cut below."""
-    if m.kind != "angle" or len(pts) != 4:
-        return pts
+# Cornerstone3D tools (OHIF's measurement tools) whose shape a drawing may take; see _tool_shape.
+ANGLE, COBB_ANGLE, LENGTH = "Angle", "CobbAngle", "Length"
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """Where one measurement is drawn: `points` in pixel-centre coordinates (like
+    Measurement.polyline), and the OHIF tool whose shape they have (None: no tool fits)."""
+    points: np.ndarray
+    tool: str | None
+
+
+def _far_near(pts: np.ndarray) -> np.ndarray:
+    """Two lines (p1 p2, p3 p4) ordered far, near, near, far from where they meet, so that a
+    viewer joining all four points joins the two near ends (the shortest connector)."""
     x = _line_intersection(*pts)
     if x is None:
         return pts
-    out = []
-    for a, b in ((pts[0], pts[1]), (pts[2], pts[3])):
-        far, near = (a, b) if np.hypot(*(a - x)) >= np.hypot(*(b - x)) else (b, a)
-        if np.dot(near - far, x - near) <= 0:        # they meet between the two points: keep as given
-            return pts
-        out.append((far, near))
-    (f1, n1), (f2, n2) = out
-    return np.array([f1, n1, x, n2, f2])
+    a, b = sorted(pts[:2], key=lambda q: -float(np.hypot(*(q - x))))
+    c, d = sorted(pts[2:], key=lambda q: float(np.hypot(*(q - x))))
+    return np.array([a, b, c, d])
+
+
+def _degrees(u: np.ndarray, v: np.ndarray) -> float:
+    return float(np.degrees(np.arctan2(abs(u[0] * v[1] - u[1] * v[0]), float(np.dot(u, v)))))
+
+
+def tool_value(tool: str, pts: np.ndarray, spacing: tuple[float, float]) -> float:
+    """What OHIF's tool shows for a drawing in its shape: it measures the drawing again on the
+    image (mm from the image's pixel spacing, `spacing` = (row, column) mm) rather than show the
+    SR's value. Angle: the angle at the vertex (points 0, 1, 3 of [a, v, v, b]); CobbAngle: the
+    angle between the two lines, each pointed at the end where they come closest (cornerstone's
+    CobbAngleTool); Length: the distance between the first two points."""
+    p = np.asarray(pts, dtype=float) * np.array([spacing[1], spacing[0]])
+    if tool == LENGTH:
+        return float(np.hypot(*(p[1] - p[0])))
+    if tool == ANGLE:
+        return _degrees(p[0] - p[1], p[3] - p[1])
+    i, j = min(((i, j) for i in (0, 1) for j in (2, 3)), key=lambda ij: float(np.hypot(*(p[ij[0]] - p[ij[1]]))))
+    return _degrees(p[i] - p[1 - i], p[j] - p[5 - j])
+
+
+# A tool's own reading of the drawing must agree with the SR's value this closely (deg or mm);
+# the analysis and the tool measure the same points, so they agree to rounding when they agree.
+TOOL_AGREEMENT = 0.005
+
+
+def _tool_shape(m: CephMeasurement, pts: np.ndarray, cols: int, rows: int,
+                spacing: tuple[float, float]) -> tuple[str | None, np.ndarray]:
+    """The polyline in the shape one of OHIF's measurement tools reads back from an SR (its
+    Cornerstone3D adapter takes the first points of the NUM's SCOORD), else the plain polyline:
+    - an angle at a vertex [a, v, b]: Angle, written [a, v, v, b] (the adapter reads points 0, 1, 3);
+    - an angle between two lines [p1 p2 p3 p4] (or one whose vertex is off the film, cut at the
+      film's edge): CobbAngle, the lines (p1, p2) and (p3, p4);
+    - a point-to-point distance: Length; a point-to-line distance [a, b, foot, q]: Length from
+      q to its foot, written [q, foot, a, b] so the reference line follows on the same polyline.
+    A tool is used only when what it measures on the drawing is the SR's value (tool_value):
+    it shows no sign (a negative ANB or A to N-perp) and knows only its own definition of an
+    angle (Downs' convexity is 180 degrees minus the angle at A). Those, and what no tool measures (FMIA, Bjork sum, the Co
+    difference, the Jarabak ratio), are drawn plainly. Every point of a tool's shape is on the film."""
+    candidates: list[tuple[str, np.ndarray]] = []
+    n = len(pts)
+    if m.kind == "angle" and n == 3:
+        if _inside(pts[1], cols, rows):
+            vertex = np.array([pts[0], pts[1], pts[1], pts[2]])
+            candidates = [(ANGLE, vertex)]
+        else:
+            candidates = [(COBB_ANGLE, on_film(pts, cols, rows))]
+    elif m.kind == "angle" and n == 4:
+        candidates = [(COBB_ANGLE, _far_near(pts))]
+    elif m.kind == "distance" and n == 2:
+        candidates = [(LENGTH, pts)]
+    elif m.kind == "distance" and n == 4:
+        a, b, foot, q = pts
+        candidates = [(LENGTH, np.array([q, foot, a, b]))]
+    for tool, shaped in candidates:
+        if ((tool != COBB_ANGLE or len(shaped) == 4) and all(_inside(p, cols, rows) for p in shaped)
+                and abs(tool_value(tool, shaped, spacing) - float(m.value)) <= TOOL_AGREEMENT):
+            return tool, shaped
+    if m.kind == "distance" and n == 4:          # drawn in the same order, tool or not
+        return None, on_film(candidates[0][1], cols, rows)
+    return None, on_film(pts, cols, rows)
 
 
 def on_film(points: np.ndarray, cols: int, rows: int) -> np.ndarray:
@@ -151,14 +220,15 @@ def _ray_end(start: np.ndarray, towards: np.ndarray, length: float, cols: int, r
     return far if np.hypot(*(far - start)) >= 1.0 else None
 
 
-def _free_ends(m: CephMeasurement, pts: np.ndarray) -> tuple[bool, bool]:
-    """Which ends may be drawn further: the lines of an angle are lines; a point-to-line
-    distance (reference line, foot, point) may lengthen its reference line only."""
+def _free_ends(m: CephMeasurement, pts: np.ndarray) -> tuple[int | None, int | None]:
+    """Which points may be moved further out along their line (index of the first and of the
+    last such point, None: none): the lines of an angle are lines, both its ends; a point-to-
+    line distance drawn [point, foot, a, b] may lengthen its reference line only, at a and b."""
     if m.kind == "angle":
-        return True, True
+        return 0, len(pts) - 1
     if m.kind == "distance" and len(pts) == 4:
-        return True, False
-    return False, False
+        return 2, 3
+    return None, None
 
 
 def landmark_boxes(result: InferenceResult, cols: int, rows: int, scale: float) -> list[Box]:
@@ -176,53 +246,47 @@ def landmark_boxes(result: InferenceResult, cols: int, rows: int, scale: float) 
 
 @dataclass
 class _Options:
-    """The drawings allowed for one measurement, as the extra points each choice adds: a start
-    extension (index i), an end extension (j), a ray through the vertex (k). Anchors of all
-    i x j x k combinations are computed at once; only the chosen polyline is built."""
+    """The drawings allowed for one measurement: one point (`start_at`) moved further out along
+    its line (index i), the last point likewise (j). Moving a point keeps the number of points,
+    so a drawing keeps its tool's shape. Anchors of all i x j combinations are computed at
+    once; only the chosen polyline is built."""
     base: np.ndarray
     starts: list[tuple[float, np.ndarray | None]]
     ends: list[tuple[float, np.ndarray | None]]
-    spurs: list[tuple[float, int, np.ndarray | None]]
+    start_at: int = 0
 
     def anchors_and_lengths(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(x, y, added length) per combination, flattened in (i, j, k) order."""
+        """(x, y, added length) per combination, flattened in (i, j) order. A moved end lies
+        beyond the point it replaces, so the base's points can stay in the extent."""
         def pts(items):
-            return np.array([self.base[0] if p is None else p for *_, p in items])
-        s, e, v = pts(self.starts), pts(self.ends), pts(self.spurs)
-        i, j, k = np.ix_(range(len(s)), range(len(e)), range(len(v)))
-        x = np.maximum(np.maximum(s[i, 0], e[j, 0]), np.maximum(v[k, 0], self.base[:, 0].max()))
-        lo = np.minimum(np.minimum(s[i, 1], e[j, 1]), np.minimum(v[k, 1], self.base[:, 1].min()))
-        hi = np.maximum(np.maximum(s[i, 1], e[j, 1]), np.maximum(v[k, 1], self.base[:, 1].max()))
-        ext = (np.array([t[0] for t in self.starts])[i] + np.array([t[0] for t in self.ends])[j]
-               + np.array([t[0] for t in self.spurs])[k])
+            return np.array([self.base[0] if p is None else p for _, p in items])
+        s, e = pts(self.starts), pts(self.ends)
+        i, j = np.ix_(range(len(s)), range(len(e)))
+        x = np.maximum(np.maximum(s[i, 0], e[j, 0]), self.base[:, 0].max())
+        lo = np.minimum(np.minimum(s[i, 1], e[j, 1]), self.base[:, 1].min())
+        hi = np.maximum(np.maximum(s[i, 1], e[j, 1]), self.base[:, 1].max())
+        ext = np.array([t[0] for t in self.starts])[i] + np.array([t[0] for t in self.ends])[j]
         return x.ravel(), ((lo + hi) / 2).ravel(), ext.ravel()
 
     def polyline(self, flat: int) -> np.ndarray:
-        i, j, k = np.unravel_index(flat, (len(self.starts), len(self.ends), len(self.spurs)))
-        pts = self.base
-        _, ray, far = self.spurs[k]
-        if far is not None:
-            a, v, b = pts
-            pts = np.array([a, v, far, v, b])
+        i, j = np.unravel_index(flat, (len(self.starts), len(self.ends)))
+        pts = self.base.copy()
         if self.starts[i][1] is not None:
-            pts = np.vstack([self.starts[i][1][None], pts])
+            pts[self.start_at] = self.starts[i][1]
         if self.ends[j][1] is not None:
-            pts = np.vstack([pts, self.ends[j][1][None]])
+            pts[-1] = self.ends[j][1]
         return pts
 
 
 def _options(m: CephMeasurement, base: np.ndarray, cols: int, rows: int) -> _Options:
-    free_start, free_end = _free_ends(m, base)
-    starts = [(e, _ray_end(base[0], base[1], e * rows, cols, rows)) for e in (EXTENSIONS if free_start else (0.0,))]
-    ends = [(e, _ray_end(base[-1], base[-2], e * rows, cols, rows)) for e in (EXTENSIONS if free_end else (0.0,))]
-    spurs: list[tuple[float, int, np.ndarray | None]] = [(0.0, -1, None)]
-    if m.kind == "angle" and len(base) == 3:
-        for ray in (0, 1):
-            for e in EXTENSIONS[1::2]:
-                far = _ray_end(base[1], base[0] if ray == 0 else base[2], e * rows, cols, rows)
-                if far is not None:
-                    spurs.append((e, ray, far))
-    return _Options(base, starts, ends, spurs)
+    first, last = _free_ends(m, base)
+    # the first free point moves away from its neighbour on its line (the next point, or for
+    # a reference line [.., a, b] from b), the last away from the point before it
+    at = first or 0
+    away = at + 1 if at + 1 < len(base) and at != len(base) - 1 else at - 1
+    starts = [(e, _ray_end(base[at], base[away], e * rows, cols, rows)) for e in (EXTENSIONS if first is not None else (0.0,))]
+    ends = [(e, _ray_end(base[-1], base[-2], e * rows, cols, rows)) for e in (EXTENSIONS if last is not None else (0.0,))]
+    return _Options(base, starts, ends, at)
 
 
 def _overlaps(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -234,19 +298,20 @@ def _overlaps(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     return (np.clip(w, 0, None) * np.clip(h, 0, None)).sum(axis=1)
 
 
-def measurement_polylines(result: InferenceResult, analysis: Analysis, cols: int, rows: int) -> dict[str, np.ndarray]:
-    """measurement key -> the polyline to write (image px, pixel-centre coordinates like
-    Measurement.polyline), for every computed measurement."""
+def measurement_drawings(result: InferenceResult, analysis: Analysis, cols: int, rows: int) -> dict[str, Drawing]:
+    """measurement key -> where to draw it (image px, pixel-centre coordinates like
+    Measurement.polyline) and in which tool's shape, for every computed measurement."""
     scale = rows / NOMINAL_SCREEN_HEIGHT
+    spacing = result.pixel_spacing_mm or (1.0, 1.0)      # without it angles assume square pixels, as OHIF does
     fixed = np.array([[b.x0, b.y0, b.x1, b.y1] for b in landmark_boxes(result, cols, rows, scale)]).reshape(-1, 4)
     # overlapping a 16-character label entirely costs as much as half the film's height of added line
     per_height = (LINE_H * scale) * (16 * CHAR_W * scale) / 0.5
-    keys, polys, boxes, costs = [], [], [], []
+    keys, tools, polys, boxes, costs = [], [], [], [], []
     for m in analysis.measurements:
         if m.value is None:
             continue
         # work in SCOORD space (pixel corners) so clipping uses the film's true edges
-        base = on_film(_as_vertex(m, np.asarray(m.polyline, dtype=float) + 0.5), cols, rows)
+        tool, base = _tool_shape(m, np.asarray(m.polyline, dtype=float) + 0.5, cols, rows, spacing)
         lines = label_lines(m, m.unit)
         opts = _options(m, base, cols, rows)
         ax, ay, ext = opts.anchors_and_lengths()
@@ -256,6 +321,7 @@ def measurement_polylines(result: InferenceResult, analysis: Analysis, cols: int
         # a label running far off the film's right edge leaves the viewport
         spill = np.clip(bx[:, 2] - 1.1 * cols, 0, None) * h
         keys.append(m.key)
+        tools.append(tool)
         polys.append(opts)
         boxes.append(bx)
         costs.append(_overlaps(bx, fixed) + spill + ext * per_height)
@@ -269,4 +335,4 @@ def measurement_polylines(result: InferenceResult, analysis: Analysis, cols: int
             chosen[i] = best
         if not changed:
             break
-    return {k: polys[i].polyline(chosen[i]) - 0.5 for i, k in enumerate(keys)}
+    return {k: Drawing(polys[i].polyline(chosen[i]) - 0.5, tools[i]) for i, k in enumerate(keys)}

@@ -23,8 +23,8 @@ TRACKING_IDENTIFIER = "112039"  # DCM code of the TID 1410 Tracking Identifier
 
 def sr_landmark_points(sr) -> dict[str, tuple[float, float]]:
     """Landmark name -> (x, y) in pixel-centre coordinates, from the SR's landmark groups
-    (tracking identifier 'Landmark <name>', the confidence NUM INFERRED FROM one SCOORD POINT;
-    SCOORD is corner-based)."""
+    (tracking identifier '...:Landmark <name>', the confidence NUM INFERRED FROM one SCOORD
+    POINT; the group's own SCOORD is where a viewer writes the label; SCOORD is corner-based)."""
     points: dict[str, tuple[float, float]] = {}
 
     def walk(items) -> None:
@@ -34,9 +34,9 @@ def sr_landmark_points(sr) -> dict[str, tuple[float, float]]:
                 name = None
                 for ch in children:
                     if ch.ValueType == "TEXT" and ch.ConceptNameCodeSequence[0].CodeValue == TRACKING_IDENTIFIER:
-                        name = str(ch.TextValue)
-                below = [g for ch in children for g in ch.get("ContentSequence", [])]
-                scoords = [ch for ch in [*children, *below] if ch.ValueType == "SCOORD" and ch.GraphicType == "POINT"]
+                        name = str(ch.TextValue).rsplit(":", 1)[-1]
+                below = [g for ch in children if ch.ValueType == "NUM" for g in ch.get("ContentSequence", [])]
+                scoords = [g for g in below if g.ValueType == "SCOORD" and g.GraphicType == "POINT"]
                 if name and name.startswith("Landmark ") and scoords:
                     x, y = (float(v) for v in scoords[0].GraphicData[:2])
                     points[name.split()[1]] = (x - 0.5, y - 0.5)

@@ -25,6 +25,8 @@ DCIODVFY_EXPLAINED = {
     r"Unrecognized defined term <99CEPHNODE> for value 1 of attribute <Coding Scheme Designator>":
         "SEG segment property types use our private scheme where SNOMED has no code (profile, cranial "
         "base, palatal plane, symphysis); the scheme is declared in the Coding Scheme Identification Sequence",
+    r"Unrecognized defined term <99CS3D> for value 1 of attribute <Coding Scheme Designator>":
+        "the SR's label positions for OHIF use cornerstone's private scheme, declared there too (test_report_sr)",
 }
 
 

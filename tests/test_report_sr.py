@@ -11,8 +11,10 @@ import pytest
 from cephnode.cephalometry.analysis import analyse
 from cephnode.dicom_io import codes
 from cephnode.dicom_io.outputs import build_outputs, instance_uid, series_uid
-from cephnode.dicom_io.sr import PIXEL_CORNER_OFFSET
-from cephnode.dicom_io.sr_layout import measurement_polylines
+from cephnode.dicom_io.sr import CORNERSTONE_3D_TAG, PIXEL_CORNER_OFFSET
+from cephnode.dicom_io.sr_labels import RADII, label_positions, tool_text
+from cephnode.dicom_io.sr_layout import (ANGLE, CHAR_W, COBB_ANGLE, LENGTH, LINE_H, NOMINAL_SCREEN_HEIGHT,
+                                         measurement_drawings, tool_value)
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 from tests.support.validators import dciodvfy, dicom_sr_validator
 
@@ -21,6 +23,9 @@ DCIODVFY_EXPLAINED = {
     r"Unrecognized defined term <99CEPHNODE> for value 1 of attribute <Coding Scheme Designator>":
         "our private coding scheme: dciodvfy only knows the standard designators; the scheme is "
         "declared in the Coding Scheme Identification Sequence as PS3.3 C.12.1.1.4 requires",
+    r"Unrecognized defined term <99CS3D> for value 1 of attribute <Coding Scheme Designator>":
+        "cornerstone's private scheme, which names the label positions OHIF reads (TextPosition); "
+        "declared in the Coding Scheme Identification Sequence too",
 }
 SR_VALIDATOR_EXPLAINED = {
     r'\(121106,DCM,"Comment"\): Content Item not in template':
@@ -33,6 +38,9 @@ SR_VALIDATOR_EXPLAINED = {
         "qualify an omitted measurement in the report-level Qualitative Evaluations",
     r'\(121402,DCM,"Normality"\): Content Item not in template':
         "normality as a qualitative evaluation of the group (pixelmed lists no concept names for them)",
+    r'\(TextPosition,99CS3D,"Text Annotation Position"\): Content Item not in template':
+        "where a tracking viewer writes the group's label: cornerstone's convention, read by OHIF "
+        "(dicom_io/sr_labels.py); TID 1501 has no row for a label position",
 }
 
 
@@ -89,7 +97,7 @@ def test_sr_joins_the_study_with_deterministic_uids(case, sr):
     (other,) = build_outputs(src, case.result, kinds="sr", pack_name=PACK_NAME, pack_version="another").values()
     assert other.SOPInstanceUID != sr.SOPInstanceUID
     schemes = {item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence}
-    assert codes.SCHEME in schemes
+    assert {codes.SCHEME, codes.CS3D_SCHEME} <= schemes
 
 
 def _algorithm_items(group) -> dict[str, str]:
@@ -118,6 +126,12 @@ def _comments(group) -> list[str]:
             if it.ValueType == "TEXT" and it.ConceptNameCodeSequence[0].CodeValue == codes.COMMENT.value]
 
 
+def _text_positions(group) -> list[tuple[float, float]]:
+    return [tuple(it.GraphicData) for it in group[0].ContentSequence
+            if it.ValueType == "SCOORD" and it.ConceptNameCodeSequence[0].CodeValue == codes.TEXT_POSITION.value
+            and it.GraphicType == "POINT"]
+
+
 def _landmark_groups(report) -> dict[str, object]:
     out = {}
     for g in report.get_image_measurement_groups():
@@ -132,7 +146,7 @@ def test_round_trip_recovers_every_landmark_and_measurement_exactly(case, sr):
     report = hd.sr.ComprehensiveSR.from_dataset(ds).content
     analysis = analyse(case.result)
     rows, cols = int(case.source.Rows), int(case.source.Columns)
-    drawn = measurement_polylines(case.result, analysis, cols, rows)
+    drawn = measurement_drawings(case.result, analysis, cols, rows)
 
     # Landmarks: one group each, its confidence INFERRED FROM a POINT on the source image, own
     # tracking UID, named by a Comment (what OHIF writes next to the point).
@@ -153,10 +167,14 @@ def test_round_trip_recovers_every_landmark_and_measurement_exactly(case, sr):
         np.testing.assert_array_equal(np.float32(point.value[0]), expected)
         assert _comments(g) == [lm.name]
         assert _algorithm_items(g) == {"111001": f"cephnode CephTrace v4 ({PACK_NAME})", "111003": PACK_VERSION}
+        # OHIF takes it over as an arrow labelled with the Comment, the label where the SR says
+        assert g.tracking_identifier == f"{CORNERSTONE_3D_TAG}:ArrowAnnotate:Landmark {lm.name}"
+        (at,) = _text_positions(g)
+        assert 0 <= at[0] <= cols and 0 <= at[1] <= rows
     assert lms["S"].finding_type.value == "42575006" and lms["N"].finding_type.scheme_designator == "FMA"
 
     # Measurements: exact values (FD), one INFERRED FROM POLYLINE each.
-    values, lines = {}, {}
+    values, lines, groups = {}, {}, {}
     for g in report.get_image_measurement_groups():
         for m in g.get_measurements():
             if m.name.value == codes.LANDMARK_CONFIDENCE.value:
@@ -168,11 +186,23 @@ def test_round_trip_recovers_every_landmark_and_measurement_exactly(case, sr):
             assert coords.RelationshipType == "INFERRED FROM"
             lines[key] = coords.value
             assert m.unit.scheme_designator == "UCUM"
+            # the measurement is the group's finding: OHIF lists a tracked one under its meaning
+            assert (g.finding_type.value, g.finding_type.meaning) == (m.name.value, m.name.meaning)
+            groups[key] = g
     assert values.keys() == {m.key for m in analysis.computed}
     for m in analysis.computed:
         assert values[m.key] == m.value, m.key                     # bit-exact float64
         # drawn where dicom_io.sr_layout put it, and through every landmark it was measured on
-        np.testing.assert_array_equal(np.float32(lines[m.key]), np.float32(drawn[m.key] + PIXEL_CORNER_OFFSET))
+        np.testing.assert_array_equal(np.float32(lines[m.key]), np.float32(drawn[m.key].points + PIXEL_CORNER_OFFSET))
+        # tracked as an OHIF tool when one fits and shows this very value, with its label's place
+        tool = drawn[m.key].tool
+        if tool is None:
+            assert ":" not in groups[m.key].tracking_identifier and _text_positions(groups[m.key]) == []
+        else:
+            assert groups[m.key].tracking_identifier.startswith(f"{CORNERSTONE_3D_TAG}:{tool}:")
+            assert len(groups[m.key].tracking_identifier) <= 64
+            assert abs(tool_value(tool, lines[m.key], case.result.pixel_spacing_mm) - m.value) < 0.01, m.key
+            assert len(_text_positions(groups[m.key])) == 1
         for p in np.array(m.polyline) + PIXEL_CORNER_OFFSET:
             if 0 <= p[0] <= cols and 0 <= p[1] <= rows:
                 assert _distance_to_polyline(p, lines[m.key]) < 1e-2, (m.key, p)
@@ -198,6 +228,66 @@ def test_round_trip_recovers_every_landmark_and_measurement_exactly(case, sr):
     refs = [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
             for grp in library[0].ContentSequence for e in grp.ContentSequence if "ReferencedSOPSequence" in e]
     assert case.source.SOPInstanceUID in refs
+
+
+def test_a_tracking_viewer_shows_the_sr_value_never_a_wrong_one():
+    # OHIF's tools measure a tracked drawing again and show no sign: a measurement becomes a tool
+    # only when the tool's reading of the drawing is the SR's value. Over eight films every tool
+    # is used, negative values (a Class III ANB, A behind N-perp) never are, and neither is what
+    # no tool measures (Bjork sum, the Jarabak ratio).
+    used: dict[str | None, int] = {}
+    for cid in ("001", "002", "003", "004", "005", "006", "007", "008"):
+        case = isbi_report_case(cid)
+        analysis = analyse(case.result)
+        rows, cols = int(case.source.Rows), int(case.source.Columns)
+        drawn = measurement_drawings(case.result, analysis, cols, rows)
+        for m in analysis.computed:
+            d = drawn[m.key]
+            used[d.tool] = used.get(d.tool, 0) + 1
+            if m.key in ("bjork.sum", "bjork.jarabak_ratio") or m.value < 0:
+                assert d.tool is None, (cid, m.key, m.value)
+            if d.tool is None:
+                continue
+            pts = d.points + PIXEL_CORNER_OFFSET
+            assert abs(tool_value(d.tool, pts, case.result.pixel_spacing_mm) - m.value) <= 0.005, (cid, m.key)
+            assert len(pts) == 4 or (d.tool == LENGTH and len(pts) == 2)
+            if d.tool == ANGLE:
+                assert np.array_equal(pts[1], pts[2])                   # [a, v, v, b]
+            assert pts.min() >= 0 and pts[:, 0].max() <= cols and pts[:, 1].max() <= rows
+    assert used[ANGLE] > 50 and used[COBB_ANGLE] > 10 and used[LENGTH] > 50 and used[None] > 20, used
+
+
+def test_tracked_labels_are_placed_apart_beside_what_they_name():
+    # Where OHIF writes each label once it tracks the SR (dicom_io/sr_labels.py), estimated at the
+    # fit-to-window scale: on eight films no two boxes overlap by more than a sliver, every box is
+    # on the film, and each landmark's name is beside its point (test_viewer_ohif measures the
+    # same on OHIF's screen).
+    for cid in ("001", "002", "003", "004", "005", "006", "007", "008"):
+        case = isbi_report_case(cid)
+        analysis = analyse(case.result)
+        rows, cols = int(case.source.Rows), int(case.source.Columns)
+        drawn = measurement_drawings(case.result, analysis, cols, rows)
+        landmark_at, measurement_at = label_positions(case.result, analysis, drawn, cols, rows)
+        lms = {lm.name: lm for lm in case.result.landmarks if lm.available}
+        assert set(landmark_at) == set(lms)
+        assert set(measurement_at) == {m.key for m in analysis.computed if drawn[m.key].tool is not None}
+        scale = rows / NOMINAL_SCREEN_HEIGHT
+        texts = {**{n: n for n in landmark_at},
+                 **{m.key: tool_text(drawn[m.key].tool, m.value, m.unit) for m in analysis.computed if m.key in measurement_at}}
+        at = {**landmark_at, **measurement_at}
+        boxes = np.array([[*at[k], at[k][0] + len(t) * CHAR_W * scale, at[k][1] + LINE_H * scale] for k, t in texts.items()])
+        assert boxes[:, :2].min() >= 0 and boxes[:, 2].max() <= cols and boxes[:, 3].max() <= rows, cid
+        w = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+        h = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+        overlap = np.triu(np.clip(w, 0, None) * np.clip(h, 0, None), 1).sum()
+        assert overlap / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum() < 0.01, cid
+        for name, (x, y) in landmark_at.items():
+            p = np.array([lms[name].x + PIXEL_CORNER_OFFSET, lms[name].y + PIXEL_CORNER_OFFSET])
+            centre = np.array([x + len(name) * CHAR_W * scale / 2, y + LINE_H * scale / 2])
+            assert np.hypot(*(centre - p)) < (max(RADII) + 40) * scale, (cid, name)
+    # and a rebuild puts them in the same places
+    again = label_positions(case.result, analysis, measurement_drawings(case.result, analysis, cols, rows), cols, rows)
+    assert all(np.array_equal(again[0][k], landmark_at[k]) for k in landmark_at)
 
 
 def _distance_to_polyline(p, line) -> float:

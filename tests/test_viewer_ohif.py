@@ -4,8 +4,10 @@ Orthanc with its DICOMweb plugin holds the source DX and the SR, SEG, GSPS and t
 OHIF 3.13.2 (the production build of the npm package @ohif/app) is served beside it; Debian's
 Chromium, driven by puppeteer-core (tests/viewer/ohif_check.mjs), opens the study and loads each
 object. Asserted: no error anywhere; every landmark drawn as a point and named; every measurement
-drawn as a line and labelled with its name and value; the SEG loaded with its segments; the
-tracing sheet shown. Screenshots: test-output/viewer-ohif/ (or $CEPHNODE_VIEWER_SCREENSHOTS).
+drawn as a line and labelled with its name and value; OHIF offers to track the measurements and,
+answered Yes, lists them in its measurement panel by name with the SR's values, the landmarks by
+name, each label where the SR put it, legible; the SEG loaded with its segments; the tracing
+sheet shown. Screenshots: test-output/viewer-ohif/ (or $CEPHNODE_VIEWER_SCREENSHOTS).
 Everything is installed by `./dev test` (setup_viewer); nothing here is skipped.
 """
 from __future__ import annotations
@@ -122,6 +124,66 @@ def test_sr_draws_every_landmark_and_measurement_with_its_name(seen, written):
     shown = {line.strip() for t in sr["svg_texts"] for line in t.split("\n")}
     assert set(measurements) <= shown, sorted(set(measurements) - shown)
     assert any(t.startswith("SNA: ") for t in measurements)
+    # one line per measurement: its name is not written twice
+    assert all(len(b["text"].strip().split("\n")) == 1 for b in sr["svg_text_boxes"] if b["text"].strip() in measurements)
+    assert sr["rehydratable"] and sr["offered_tracking"]
+
+
+def _tracked_groups(sr_path: Path) -> tuple[dict[str, str], dict[str, tuple[str, float, str]]]:
+    """From the SR: landmark name -> tool, and measurement name -> (tool, value, unit) of every
+    group whose Tracking Identifier names an OHIF tool ('Cornerstone3DTools@^0.1.0:Tool:...')."""
+    ds = pydicom.dcmread(sr_path)
+    (container,) = [it for it in ds.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    landmarks, measurements = {}, {}
+    for group in container.ContentSequence:
+        items = list(group.ContentSequence)
+        (ident,) = [it.TextValue for it in items if it.ConceptNameCodeSequence[0].CodeValue == "112039"]
+        if not ident.startswith("Cornerstone3DTools@^0.1.0:"):
+            continue
+        tool = ident.split(":")[1]
+        (num,) = [it for it in items if it.ValueType == "NUM"]
+        if num.ConceptNameCodeSequence[0].CodeValue == codes.LANDMARK_CONFIDENCE.value:
+            (name,) = [it.TextValue for it in items if it.ValueType == "TEXT" and
+                       it.ConceptNameCodeSequence[0].CodeValue == codes.COMMENT.value]
+            landmarks[name] = tool
+        else:
+            mv = num.MeasuredValueSequence[0]
+            measurements[num.ConceptNameCodeSequence[0].CodeMeaning] = (
+                tool, float(mv.NumericValue), mv.MeasurementUnitsCodeSequence[0].CodeValue)
+    return landmarks, measurements
+
+
+def _shown_value(text: str) -> float:
+    return float(text.split()[0])
+
+
+def test_tracked_measurements_are_listed_by_name_with_the_sr_values(seen, written):
+    tracked = seen["stages"]["tracked"]
+    landmarks, measurements = _tracked_groups(written["sr"])
+    assert len(landmarks) == 20 and len(measurements) >= 15, (landmarks, measurements)
+    assert {t for t, _, _ in measurements.values()} == {"Angle", "CobbAngle", "Length"}
+    got = tracked["measurements"]
+    # every landmark an arrow named by its abbreviation; every tool-shaped measurement tracked
+    arrows = {m["label"]: m for m in got if m["toolName"] == "ArrowAnnotate"}
+    assert set(arrows) == set(landmarks)
+    listed = {m["finding"]: m for m in got if m["toolName"] != "ArrowAnnotate"}
+    assert set(listed) == set(measurements), (sorted(listed), sorted(measurements))
+    assert tracked["panel_header"] == f"Measurements ({len(measurements)})"
+    for name, (tool, value, unit) in measurements.items():
+        m = listed[name]
+        assert m["toolName"] == tool, name
+        # OHIF measures the drawing again and shows 3 significant figures: the SR's value, to
+        # that rounding and to 0.1 % (its reading of a film's unequal row and column spacing
+        # differs from ours by 0.05 % here)
+        (text,) = m["primary"]
+        rounding = 0.5 * 10 ** (np.floor(np.log10(abs(value))) - 2)
+        assert abs(_shown_value(text) - value) <= rounding + 1e-3 * abs(value), (name, text, value)
+        assert text.split()[1] == ("°" if unit == "deg" else "mm"), text
+        assert name in tracked["panel_text"] and text in tracked["panel_text"]
+    # on the image: each landmark labelled by its name alone, one short line
+    first_lines = [t.split("\n")[0].strip() for t in tracked["svg_texts"]]
+    assert sorted(t for t in first_lines if t in landmarks) == sorted(landmarks)
+    assert all("\n" not in t.strip() for t in tracked["svg_texts"] if t.strip().split("\n")[0] in landmarks)
 
 
 def _overlap(a: dict, b: dict) -> float:
@@ -148,6 +210,23 @@ def test_measurement_labels_do_not_pile_up(seen, written):
     assert covered_any / area < 0.8, covered_any / area
     # and every label is inside the viewport, where a reader can see it
     size = seen["stages"]["sr"]["svg_size"]
+    assert all(b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["w"] <= size["w"] and b["y"] + b["h"] <= size["h"]
+               for b in boxes), [b for b in boxes if b["x"] + b["w"] > size["w"] or b["y"] + b["h"] > size["h"]]
+
+
+def test_tracked_labels_are_legible_where_the_sr_puts_them(seen, written):
+    # Once tracked, each tool writes its label where the group's TextPosition says
+    # (dicom_io/sr_labels.py): measured on screen, no label covers another (left to OHIF, the
+    # labels started at the rightmost handle and the landmark names a tenth of the film away,
+    # on top of one another), and every one is inside the viewport.
+    tracked = seen["stages"]["tracked"]
+    landmarks, measurements = _tracked_groups(written["sr"])
+    boxes = tracked["svg_text_boxes"]
+    assert len(boxes) == len(landmarks) + len(measurements)
+    area = sum(b["w"] * b["h"] for b in boxes)
+    covered = sum(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert covered / area < 0.02, covered / area
+    size = tracked["svg_size"]
     assert all(b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["w"] <= size["w"] and b["y"] + b["h"] <= size["h"]
                for b in boxes), [b for b in boxes if b["x"] + b["w"] > size["w"] or b["y"] + b["h"] > size["h"]]
 

@@ -4,7 +4,8 @@
 //   node ohif_check.mjs --base URL --study UID --series N --out DIR --chromium PATH [--budget-s S]
 //
 // Stages, each on a fresh page load so that a crash in one cannot hide another:
-//   sr   double-click the SR: DICOMSRDisplay annotations, the SVG text OHIF drew, errors
+//   sr       double-click the SR: DICOMSRDisplay annotations, the SVG text OHIF drew, errors
+//   tracked  the same, then 'Yes' to tracking: OHIF's measurements (tool, label, value), panel, SVG text
 //   seg  double-click the SEG (accepting OHIF's "load?" prompt): the segmentations it made
 //   sc   double-click the secondary capture: it becomes the viewport's image
 // Screenshots: DIR/<stage>.png (window) and DIR/<stage>-viewport.png. stdout: one JSON object.
@@ -127,40 +128,76 @@ async function run(name, fn) {
   report.stages[name].seconds = (Date.now() - t0) / 1000;
 }
 
+// what the SVG annotation layer shows: label texts and boxes (CSS px, relative to the layer)
+const svgState = () => page.evaluate(() => {
+  const textOf = t => [...t.querySelectorAll('tspan')].map(s => s.textContent).join('\n') || t.textContent;
+  const layer = document.querySelector('.svg-layer')?.getBoundingClientRect();
+  const texts = [...document.querySelectorAll('.svg-layer text')];
+  return {
+    svg_texts: texts.map(textOf),
+    svg_text_boxes: texts.map(t => {
+      const r = t.getBoundingClientRect();
+      return { text: textOf(t), x: r.left - layer.left, y: r.top - layer.top, w: r.width, h: r.height };
+    }),
+    svg_size: layer ? { w: layer.width, h: layer.height } : null,
+    svg_lines: document.querySelectorAll('.svg-layer line, .svg-layer polyline').length,
+  };
+});
+
 await run('sr', async () => {
   await open('sr');
   const ds = await doubleClick('SR');
   await until(() => page.evaluate(() => window.cornerstoneTools.annotation.state.getAllAnnotations()
     .some(a => a.metadata?.toolName === 'DICOMSRDisplay')), STAGE_MS);
-  await clickYesIfAsked();   // "track these measurements?" if OHIF offers it
+  // OHIF offers to track the SR's measurements when it can read them back as its own tools
+  const offered = await until(() => page.$('::-p-text(Yes)'), 15000);
   await settled();
-  const out = await page.evaluate(uid => {
+  const before = await page.evaluate(uid => {
     const anns = window.cornerstoneTools.annotation.state.getAllAnnotations()
       .filter(a => a.metadata?.toolName === 'DICOMSRDisplay');
     const drawn = new Set([...document.querySelectorAll('.svg-layer [data-annotation-uid]')]
       .map(e => e.getAttribute('data-annotation-uid')));
-    const texts = [...document.querySelectorAll('.svg-layer text')].map(t =>
-      [...t.querySelectorAll('tspan')].map(s => s.textContent).join('\n') || t.textContent);
-    // each label's box on screen (CSS px, relative to the SVG layer): how much labels overlap
-    const layer = document.querySelector('.svg-layer')?.getBoundingClientRect();
-    const boxes = [...document.querySelectorAll('.svg-layer text')].map(t => {
-      const r = t.getBoundingClientRect();
-      return { text: [...t.querySelectorAll('tspan')].map(s => s.textContent).join('\n') || t.textContent,
-        x: r.left - layer.left, y: r.top - layer.top, w: r.width, h: r.height };
-    });
     const d = window.services.displaySetService.getDisplaySetByUID(uid);
     return {
       annotations: anns.map(a => ({ type: a.metadata.graphicType, drawn: drawn.has(a.annotationUID) })),
-      svg_texts: texts,
-      svg_text_boxes: boxes,
-      svg_size: layer ? { w: layer.width, h: layer.height } : null,
-      svg_lines: document.querySelectorAll('.svg-layer line, .svg-layer polyline').length,
       sr_measurements: d.measurements?.length ?? null,
       sr_measurements_loaded: d.measurements?.filter(m => m.loaded).length ?? null,
-      tracked: window.services.measurementService.getMeasurements().length,
+      rehydratable: !!d.isRehydratable,
     };
   }, ds.uid);
+  Object.assign(before, await svgState(), { offered_tracking: !!offered });
   await shots('sr');
+  return before;
+});
+
+await run('tracked', async () => {
+  // the same SR, and "Yes" to "continue tracking measurements for this study?"
+  await open('tracked');
+  await doubleClick('SR');
+  const yes = await until(() => page.$('::-p-text(Yes)'), STAGE_MS);
+  if (!yes) throw new Error('OHIF did not offer to track the measurements');
+  await yes.click();
+  await until(() => page.evaluate(() => window.services.measurementService.getMeasurements().length > 0), STAGE_MS);
+  // the measurement panel, opened if the layout keeps it closed
+  if (!(await page.$('[data-cy="trackedMeasurements-panel"]'))) {
+    const btn = await page.$('[data-cy="trackedMeasurements-btn"]');
+    if (btn) await btn.click();
+    await page.waitForSelector('[data-cy="trackedMeasurements-panel"]', { timeout: 10000 }).catch(() => {});
+  }
+  await settled();
+  const out = await page.evaluate(() => {
+    const panelText = document.querySelector('[data-cy="trackedMeasurements-panel"]')?.innerText || null;
+    return {
+      measurements: window.services.measurementService.getMeasurements().map(m => ({
+        toolName: m.toolName, label: m.label ?? null, primary: m.displayText?.primary ?? [],
+        finding: m.finding?.text ?? m.finding?.CodeMeaning ?? null,
+        points: (m.points || []).length })),
+      panel_header: (panelText || '').match(/Measurements \(\d+\)/)?.[0] ?? null,
+      panel_text: panelText,
+    };
+  });
+  Object.assign(out, await svgState());
+  await shots('tracked');
   return out;
 });
 
