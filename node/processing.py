@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import time
-from io import BytesIO
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from cephnode.config.schema import NodeConfig
+from cephnode.dicom_io.encode import file_bytes
 from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
 from cephnode.dicom_io.spool import is_valid_uid, safe_name, write_atomic
 from cephnode.node import faults
@@ -172,9 +172,7 @@ class Processor:
         notes.extend(f"{k} not built: {v}" for k, v in built.problems.items())
         for kind, out in built.objects.items():
             path = folder / f"{kind}-{safe_name(str(out.SOPInstanceUID))}.dcm"
-            buf = BytesIO()
-            out.save_as(buf, enforce_file_format=True)
-            write_atomic(path, buf.getvalue())
+            write_atomic(path, file_bytes(out))   # the bytes save_as writes, faster for the SR
             produced.append(ProducedObject(kind, str(out.SOPInstanceUID), str(out.SOPClassUID), str(path)))
         timings["outputs_ms"] = _ms(t)
         return produced
