@@ -165,9 +165,9 @@ def test_tracing_sheet_shows_the_tracing_and_a_colour_coded_table(case, objects)
 def test_tracing_sheet_is_lossless_small_and_names_its_source(case, objects):
     sc = objects["sc"]
     ds = _roundtrip(sc)
-    # JPEG 2000 lossless with the reversible colour transform: decodes to the very pixels drawn.
-    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
-    assert ds.PhotometricInterpretation == "YBR_RCT"
+    # JPEG-LS lossless, RGB colour-by-pixel: decodes to the very pixels drawn.
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert ds.PhotometricInterpretation == "RGB" and ds.PlanarConfiguration == 0
     from cephnode.dicom_io.pixels import read_dicom_image
     from cephnode.dicom_io.tracing_sheet import render_sheet
     analysis = analyse(case.result)
