@@ -1,5 +1,9 @@
 """One job: spooled instance -> pixels -> inference -> result objects in the outbox -> deliveries.
 
+The SR is built first and, once written, handed to `early` (the worker process sends it to the
+node, which queues its deliveries at once: node.jobstore.plan_deliveries), so the report reaches
+the archive while the SEG, GSPS and tracing sheet are still being built (issue 14).
+
 Every failure of the input (unreadable file, undecodable pixels, colour, multi-frame, absurd
 size, an inference error) ends the job as failed with the reason; nothing here may take the
 node down.
@@ -11,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -76,10 +80,11 @@ class Processor:
         self.outbox = Path(cfg.storage.outbox).resolve()
         self.kinds = wanted_kinds(cfg)
 
-    def execute(self, job: Job) -> JobOutcome:
+    def execute(self, job: Job, early: Callable[[list[dict[str, str]]], None] | None = None) -> JobOutcome:
         """Process one claimed job. Never raises: every failure, including a BaseException
         from a native decoder (a Rust panic surfaces as pyo3's PanicException, which is not an
-        Exception), becomes a failed outcome with its reason."""
+        Exception), becomes a failed outcome with its reason. `early` receives the SR as soon as
+        its file is written (the same object dict the outcome lists again at the end)."""
         notes: list[str] = []
         timings: dict[str, float] = {}
         ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
@@ -91,7 +96,7 @@ class Processor:
             if image.pixel_spacing_mm is None:
                 notes.append(f"pixel spacing {image.spacing_source}: no distances in mm")
             qc_note(result, notes, ctx)
-            objects = self._produce(ds, image, result, job, timings, notes)
+            objects = self._produce(ds, image, result, job, timings, notes, early, t_all)
         except JobFailed as exc:
             timings["total_ms"] = _ms(t_all)
             return JobOutcome(False, timings=timings, reason=sanitize_error(str(exc)))
@@ -161,19 +166,28 @@ class Processor:
         return image, result
 
     def _produce(self, ds: Dataset, image: Any, result: Any, job: Job, timings: dict[str, float],
-                 notes: list[str]) -> list[ProducedObject]:
+                 notes: list[str], early: Callable[[list[dict[str, str]]], None] | None = None,
+                 t_job: float | None = None) -> list[ProducedObject]:
         t = time.perf_counter()
         folder = self.outbox / safe_name(job.study_uid) / safe_name(job.sop_uid)
         write_atomic(folder / "result.json", json.dumps(result.to_dict(), indent=1).encode())
         produced: list[ProducedObject] = []
-        built = build_result_objects(ds, result, kinds=self.kinds, pack=self.pipeline.pack, image=image)
-        if not built.objects and built.problems:
-            raise JobFailed("no result object could be built: " + "; ".join(f"{k}: {v}" for k, v in built.problems.items()))
-        notes.extend(f"{k} not built: {v}" for k, v in built.problems.items())
-        for kind, out in built.objects.items():
+
+        def write(kind: OutputKind, out: Dataset) -> None:
             path = folder / f"{kind}-{safe_name(str(out.SOPInstanceUID))}.dcm"
             write_atomic(path, file_bytes(out))   # the bytes save_as writes, faster for the SR
             produced.append(ProducedObject(kind, str(out.SOPInstanceUID), str(out.SOPClassUID), str(path)))
+            if kind is OutputKind.SR:
+                timings["sr_written_ms"] = _ms(t_job if t_job is not None else t)
+                if early is not None:
+                    early([produced[-1].__dict__])
+                    faults.after_early(ds, job.attempts)   # test-only, inert unless CEPHNODE_FAULT_INJECTION=1
+
+        built = build_result_objects(ds, result, kinds=self.kinds, pack=self.pipeline.pack, image=image,
+                                     on_built=write)
+        if not built.objects and built.problems:
+            raise JobFailed("no result object could be built: " + "; ".join(f"{k}: {v}" for k, v in built.problems.items()))
+        notes.extend(f"{k} not built: {v}" for k, v in built.problems.items())
         timings["outputs_ms"] = _ms(t)
         return produced
 
@@ -195,7 +209,18 @@ def record_outcome(cfg: NodeConfig, store: JobStore, job: Job, outcome: JobOutco
     return state
 
 
-def _deliveries(cfg: NodeConfig, job: Job, objects: list[dict[str, str]]) -> list[PlannedDelivery]:
+def record_early(cfg: NodeConfig, store: JobStore, job: Job, objects: list[dict[str, str]]) -> bool:
+    """Parent side: queue the deliveries of objects a running job has already written (the SR).
+    False when the claim no longer stands (nothing queued)."""
+    deliveries = _deliveries(cfg, job, objects, quiet=True)
+    planned = store.plan_deliveries(job.id, deliveries, attempt=job.attempts)
+    log.info("deliveries_planned_early", job_id=job.id, sop_uid=job.sop_uid, study_uid=job.study_uid,
+             kinds=[o["kind"] for o in objects], deliveries=len(deliveries), planned=planned)
+    return planned
+
+
+def _deliveries(cfg: NodeConfig, job: Job, objects: list[dict[str, str]], *,
+                quiet: bool = False) -> list[PlannedDelivery]:
     out: list[PlannedDelivery] = []
     for dest in cfg.destinations:
         for o in objects:
@@ -207,6 +232,8 @@ def _deliveries(cfg: NodeConfig, job: Job, objects: list[dict[str, str]]) -> lis
     if rts.enabled:
         caller = {c.ae_title: c for c in cfg.listen.allowed_callers}.get(job.calling_ae or "")
         if caller is None or caller.return_port is None or not job.peer_host:
+            if quiet:   # said once per job, when the job finishes
+                return out
             log.warning("return_to_sender_unknown", job_id=job.id, calling_ae=job.calling_ae,
                         detail="no return_port configured for this calling AE; results not sent back")
         else:

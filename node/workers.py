@@ -34,7 +34,7 @@ from cephnode.config.schema import NodeConfig
 from cephnode.domain.states import JobState
 from cephnode.node.jobstore import Job, JobStore
 from cephnode.node.logs import get_logger, sanitize_error
-from cephnode.node.processing import JobOutcome, record_outcome
+from cephnode.node.processing import JobOutcome, record_early, record_outcome
 
 log = get_logger("cephnode.workers")
 
@@ -90,7 +90,8 @@ def _child_main(cfg: NodeConfig, conn: Connection, name: str) -> None:
             return
         if msg is None:
             return
-        outcome = processor.execute(Job(**msg))
+        # the SR goes to the parent as soon as it is written; the parent queues its deliveries
+        outcome = processor.execute(Job(**msg), early=lambda objects: conn.send(("early", objects)))
         conn.send(("done", outcome))
 
 
@@ -206,8 +207,10 @@ class WorkerSlot:
             self.proc.join(5)
         self.kill()
 
-    def run(self, job: Job, timeout_s: float, should_stop: Callable[[], bool] | None = None) -> tuple[JobOutcome | None, str | None]:
-        """Send one job; returns (outcome, None), or (None, why the process was lost)."""
+    def run(self, job: Job, timeout_s: float, should_stop: Callable[[], bool] | None = None,
+            on_early: Callable[[list[dict[str, str]]], None] | None = None) -> tuple[JobOutcome | None, str | None]:
+        """Send one job; returns (outcome, None), or (None, why the process was lost). Objects the
+        child reports before it is done (the SR) go to on_early as they come."""
         assert self.conn is not None
         self.conn.send(asdict(job))
         deadline = time.monotonic() + timeout_s
@@ -219,6 +222,10 @@ class WorkerSlot:
             try:
                 if self.conn.poll(min(left, 1.0)):
                     kind, outcome = self.conn.recv()
+                    if kind == "early":
+                        if on_early is not None:
+                            on_early(outcome)
+                        continue
                     return outcome, None
             except (EOFError, OSError):
                 pass
@@ -235,12 +242,14 @@ class WorkerPool:
     """processing.workers slots, each a thread in the node that feeds its own child process."""
 
     def __init__(self, cfg: NodeConfig, store: JobStore, *, stop: threading.Event, wake: threading.Event,
-                 on_state: Callable[[Job, JobState], None] | None = None):
+                 on_state: Callable[[Job, JobState], None] | None = None,
+                 on_planned: Callable[[], None] | None = None):
         self.cfg = cfg
         self.store = store
         self._stop = stop
         self._wake = wake
         self._on_state = on_state
+        self._on_planned = on_planned        # deliveries were queued early: wake the delivery loop
         self.slots = [WorkerSlot(cfg, f"worker-{i + 1}") for i in range(cfg.processing.workers)]
         self.threads: list[threading.Thread] = []
         self._paused: str | None = None      # the transient condition jobs are waiting on
@@ -290,7 +299,7 @@ class WorkerPool:
 
     def _run(self, slot: WorkerSlot, job: Job) -> None:
         p = self.cfg.processing
-        outcome, lost = slot.run(job, p.job_timeout_s)
+        outcome, lost = slot.run(job, p.job_timeout_s, on_early=lambda objects: self._early(job, objects))
         if outcome is not None and outcome.transient:
             self._deferrals = min(self._deferrals + 1, 8)
             delay = min(300.0, 5.0 * 2 ** (self._deferrals - 1))
@@ -320,6 +329,18 @@ class WorkerPool:
                 state = JobState.FAILED
         if self._on_state is not None:
             self._on_state(job, state)
+
+    def _early(self, job: Job, objects: list[dict[str, str]]) -> None:
+        """The child wrote the SR: queue its deliveries now (durably, fenced by the claim) and
+        wake the delivery loop. A failure here only costs the head start: finish_processing
+        plans the same deliveries again."""
+        try:
+            planned = record_early(self.cfg, self.store, job, objects)
+        except Exception as exc:
+            log.warning("early_delivery_not_planned", job_id=job.id, error=sanitize_error(f"{type(exc).__name__}: {exc}"))
+            return
+        if planned and self._on_planned is not None:
+            self._on_planned()
 
     def _replace(self, slot: WorkerSlot) -> bool:
         slot.replacements += 1
