@@ -296,6 +296,11 @@ class ProcessingConfig(_Strict):
     # Kinds kept in the outbox even when no destination wants them.
     outbox_kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
     max_processing_attempts: int = Field(default=3, ge=1, le=20)  # crashes mid-inference before parking
+    # Stage 1 over several ready jobs in one call (node.workers): "auto" when the pack's Stage 1
+    # runs on a GPU with a dynamic batch axis (Pipeline.batches_stage1; on the CPU a batch
+    # measured no faster, bench/bench_batch.py), "on" always (tests, benchmarks), "off" never.
+    batch: Literal["auto", "on", "off"] = "auto"
+    batch_size: int = Field(default=4, ge=1, le=8)   # jobs one worker claims for one batch
     # ---- isolation (node.workers): each worker is a child process ----
     # A job running longer than this is killed with its process and counts as a failed attempt.
     job_timeout_s: float = Field(default=300.0, gt=0, le=86400)

@@ -262,20 +262,28 @@ class JobStore:
     def claim_job(self, *, now: float | None = None) -> Job | None:
         """Take the oldest queued job no other worker holds (queued -> processing, attempts + 1),
         leased to this process for lease_s and renewed while it lives."""
+        jobs = self.claim_jobs(1, now=now)
+        return jobs[0] if jobs else None
+
+    def claim_jobs(self, limit: int, *, now: float | None = None) -> list[Job]:
+        """Up to `limit` of the oldest queued jobs, claimed as claim_job claims one, in one
+        transaction (a worker that runs Stage 1 as a batch takes the jobs ready now)."""
         now = time.time() if now is None else now
         with self._tx() as db:
-            row = db.execute(
+            rows = db.execute(
                 "SELECT j.id, j.sop_uid, j.study_uid, j.attempts, i.path, i.calling_ae, i.peer_host FROM jobs j"
                 " JOIN instances i ON i.sop_uid = j.sop_uid WHERE j.state='queued' AND COALESCE(j.not_before, 0) <= ?"
-                " ORDER BY j.id LIMIT 1" + self._lock(skip_locked=True, of="j"), (now,)).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE jobs SET state='processing', attempts=attempts+1, updated_at=?, lease_owner=?,"
-                       " lease_expires_at=? WHERE id=?", (now, self.owner, now + self.lease_s, row["id"]))
-        self._claimed[row["id"]] = row["attempts"] + 1
+                " ORDER BY j.id LIMIT ?" + self._lock(skip_locked=True, of="j"), (now, max(1, limit))).fetchall()
+            if not rows:
+                return []
+            db.executemany("UPDATE jobs SET state='processing', attempts=attempts+1, updated_at=?, lease_owner=?,"
+                           " lease_expires_at=? WHERE id=?",
+                           [(now, self.owner, now + self.lease_s, r["id"]) for r in rows])
+        for r in rows:
+            self._claimed[r["id"]] = r["attempts"] + 1
         self._keep_leases()
-        return Job(row["id"], row["sop_uid"], row["study_uid"], JobState.PROCESSING, row["attempts"] + 1, None,
-                   row["path"], row["calling_ae"], row["peer_host"])
+        return [Job(r["id"], r["sop_uid"], r["study_uid"], JobState.PROCESSING, r["attempts"] + 1, None,
+                    r["path"], r["calling_ae"], r["peer_host"]) for r in rows]
 
     def _still_ours(self, job_id: int, attempt: int | None) -> tuple[str, tuple]:
         """The WHERE clause that lets a completion through only while the claim stands: the job

@@ -80,45 +80,75 @@ class Processor:
         self.outbox = Path(cfg.storage.outbox).resolve()
         self.kinds = wanted_kinds(cfg)
 
-    def execute(self, job: Job, early: Callable[[list[dict[str, str]]], None] | None = None) -> JobOutcome:
+    def execute(self, job: Job, early: Callable[[int, list[dict[str, str]]], None] | None = None) -> JobOutcome:
         """Process one claimed job. Never raises: every failure, including a BaseException
         from a native decoder (a Rust panic surfaces as pyo3's PanicException, which is not an
-        Exception), becomes a failed outcome with its reason. `early` receives the SR as soon as
-        its file is written (the same object dict the outcome lists again at the end)."""
-        notes: list[str] = []
-        timings: dict[str, float] = {}
-        ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
-        log.info("job_started", **ctx)
-        t_all = time.perf_counter()
-        try:
-            ds = self._read(job, timings)
-            image, result = self._infer(ds, job, timings)
-            if image.pixel_spacing_mm is None:
-                notes.append(f"pixel spacing {image.spacing_source}: no distances in mm")
-            qc_note(result, notes, ctx)
-            objects = self._produce(ds, image, result, job, timings, notes, early, t_all)
-        except JobFailed as exc:
-            timings["total_ms"] = _ms(t_all)
-            return JobOutcome(False, timings=timings, reason=sanitize_error(str(exc)))
-        except MemoryError:
-            timings["total_ms"] = _ms(t_all)
-            return JobOutcome(False, timings=timings, reason="out of memory: the job exceeded the worker's memory limit")
-        except OSError as exc:
-            timings["total_ms"] = _ms(t_all)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):   # the disk fills and empties again: not the job's fault
-                return JobOutcome(False, timings=timings, reason="no space left on the outbox disk", transient=True)
-            return JobOutcome(False, timings=timings, reason=sanitize_error(f"unexpected error: OSError: {exc}"))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # a bug, a library error or a native panic: still only this job fails
-            timings["total_ms"] = _ms(t_all)
-            reason = sanitize_error(f"unexpected error: {type(exc).__name__}: {exc}")
-            log.error("job_error", **ctx, reason=reason, traceback=sanitize_traceback(exc))
-            return JobOutcome(False, timings=timings, reason=reason)
-        timings["total_ms"] = _ms(t_all)
+        Exception), becomes a failed outcome with its reason. `early(job_id, objects)` receives
+        the SR as soon as its file is written (the outcome lists it again at the end)."""
+        return self.execute_batch([job], early)[0]
+
+    def execute_batch(self, jobs: list[Job],
+                      early: Callable[[int, list[dict[str, str]]], None] | None = None) -> list[JobOutcome]:
+        """Several claimed jobs, one outcome each in order. Each is read and decoded on its own;
+        the images that decoded go through inference together (Pipeline.run_batch: Stage 1 as
+        one batch) and their objects are built one job after the other. One job's failure is
+        its own: a batch whose inference raises is run again image by image, so the error
+        lands on the image that caused it. A single job takes Pipeline.run, as always."""
+        states = [_JobRun(job) for job in jobs]
+        for st in states:
+            log.info("job_started", **st.ctx)
+            st.guard(lambda st=st: self._decode(st))
+        ready = [st for st in states if st.outcome is None]
+        if len(ready) > 1:
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                results = self.pipeline.run_batch(
+                    [{"image": st.image.pixels, "pixel_spacing_mm": st.image.pixel_spacing_mm,
+                      "patient_orientation": st.image.patient_orientation, "name": st.job.sop_uid} for st in ready],
+                    batch_stage1=True)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                log.warning("batch_inference_failed", jobs=[st.job.id for st in ready],
+                            error=sanitize_error(f"{type(exc).__name__}: {exc}"), detail="running them one by one")
+            else:
+                share, cpu_share = _ms(t) / len(ready), _cpu_ms(c) / len(ready)
+                for st, result in zip(ready, results):
+                    st.result = result
+                    st.timings["inference_ms"] = round(share, 2)
+                    st.timings["inference_cpu_ms"] = round(cpu_share, 2)
+                    st.timings["batch_size"] = len(ready)
+                stage1 = getattr(getattr(self.pipeline, "sessions", None), "io", {}).get("stage1")
+                log.info("batch_inferred", jobs=[st.job.id for st in ready], size=len(ready), inference_ms=_ms(t),
+                         stage1_one_call=bool(getattr(stage1, "dynamic_batch", False)))
+        for st in ready:
+            st.guard(lambda st=st: self._finish(st, early))
+        return [st.outcome for st in states]
+
+    def _decode(self, st: "_JobRun") -> None:
+        c = time.process_time()
+        st.ds = self._read(st.job, st.timings)
+        st.image = self._image(st.ds, st.job, st.timings)
+        st.timings["decode_cpu_ms"] = _cpu_ms(c)
+
+    def _finish(self, st: "_JobRun", early: Callable[[int, list[dict[str, str]]], None] | None) -> None:
+        if st.result is None:
+            t, c = time.perf_counter(), time.process_time()
+            st.result = self.pipeline.run(st.image.pixels, pixel_spacing_mm=st.image.pixel_spacing_mm,
+                                          patient_orientation=st.image.patient_orientation, name=st.job.sop_uid)
+            st.timings["inference_ms"] = _ms(t)
+            st.timings["inference_cpu_ms"] = _cpu_ms(c)
+        image, result = st.image, st.result
+        if image.pixel_spacing_mm is None:
+            st.notes.append(f"pixel spacing {image.spacing_source}: no distances in mm")
+        qc_note(result, st.notes, st.ctx)
+        hand_on = None if early is None else (lambda objects: early(st.job.id, objects))
+        objects = self._produce(st.ds, image, result, st.job, st.timings, st.notes, hand_on, st.t0)
+        st.timings["total_ms"] = _ms(st.t0)
         qc = getattr(result, "qc", None)
-        return JobOutcome(True, [o.__dict__ for o in objects], notes, timings,
-                          degraded=bool(getattr(result, "degraded", False)), qc=str(qc.verdict) if qc else None)
+        st.outcome = JobOutcome(True, [o.__dict__ for o in objects], st.notes, st.timings,
+                                degraded=bool(getattr(result, "degraded", False)),
+                                qc=str(qc.verdict) if qc else None)
 
     # ---- steps ------------------------------------------------------------------------
     def _read(self, job: Job, timings: dict[str, float]) -> Dataset:
@@ -144,7 +174,7 @@ class Processor:
             raise JobFailed(f"invalid UID in {', '.join(bad)} (not a valid DICOM UID; never copied into outputs)")
         return ds
 
-    def _infer(self, ds: Dataset, job: Job, timings: dict[str, float]):
+    def _image(self, ds: Dataset, job: Job, timings: dict[str, float]):
         t = time.perf_counter()
         try:
             image = read_dicom_image(ds, max_pixels=self.cfg.limits.max_image_pixels)
@@ -159,16 +189,12 @@ class Processor:
         timings["decode_ms"] = _ms(t)
         if image.pixel_spacing_mm is None:
             log.info("pixel_spacing_unknown", job_id=job.id, sop_uid=job.sop_uid, detail=image.spacing_source)
-        t = time.perf_counter()
-        result = self.pipeline.run(image.pixels, pixel_spacing_mm=image.pixel_spacing_mm,
-                                   patient_orientation=image.patient_orientation, name=job.sop_uid)
-        timings["inference_ms"] = _ms(t)
-        return image, result
+        return image
 
     def _produce(self, ds: Dataset, image: Any, result: Any, job: Job, timings: dict[str, float],
                  notes: list[str], early: Callable[[list[dict[str, str]]], None] | None = None,
                  t_job: float | None = None) -> list[ProducedObject]:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         folder = self.outbox / safe_name(job.study_uid) / safe_name(job.sop_uid)
         write_atomic(folder / "result.json", json.dumps(result.to_dict(), indent=1).encode())
         produced: list[ProducedObject] = []
@@ -189,7 +215,48 @@ class Processor:
             raise JobFailed("no result object could be built: " + "; ".join(f"{k}: {v}" for k, v in built.problems.items()))
         notes.extend(f"{k} not built: {v}" for k, v in built.problems.items())
         timings["outputs_ms"] = _ms(t)
+        timings["outputs_cpu_ms"] = _cpu_ms(c)   # this process's CPU (every thread): contention distorts it less
         return produced
+
+
+class _JobRun:
+    """One job inside execute_batch: what it has so far, and its outcome once settled."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.ctx = {"job_id": job.id, "sop_uid": job.sop_uid, "study_uid": job.study_uid, "attempt": job.attempts}
+        self.t0 = time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self.notes: list[str] = []
+        self.ds: Any = None
+        self.image: Any = None
+        self.result: Any = None
+        self.outcome: JobOutcome | None = None
+
+    def guard(self, step: Callable[[], None]) -> None:
+        """Run a step; any failure settles this job (and only this job) as failed."""
+        try:
+            step()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            self.timings["total_ms"] = _ms(self.t0)
+            self.outcome = _failure(exc, self.timings, self.ctx)
+
+
+def _failure(exc: BaseException, timings: dict[str, float], ctx: dict[str, Any]) -> JobOutcome:
+    if isinstance(exc, JobFailed):
+        return JobOutcome(False, timings=timings, reason=sanitize_error(str(exc)))
+    if isinstance(exc, MemoryError):
+        return JobOutcome(False, timings=timings, reason="out of memory: the job exceeded the worker's memory limit")
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):   # the disk fills and empties again: not the job's fault
+            return JobOutcome(False, timings=timings, reason="no space left on the outbox disk", transient=True)
+        return JobOutcome(False, timings=timings, reason=sanitize_error(f"unexpected error: OSError: {exc}"))
+    # a bug, a library error or a native panic: still only this job fails
+    reason = sanitize_error(f"unexpected error: {type(exc).__name__}: {exc}")
+    log.error("job_error", **ctx, reason=reason, traceback=sanitize_traceback(exc))
+    return JobOutcome(False, timings=timings, reason=reason)
 
 
 def record_outcome(cfg: NodeConfig, store: JobStore, job: Job, outcome: JobOutcome) -> JobState:
@@ -259,6 +326,10 @@ def qc_note(result: Any, notes: list[str], ctx: dict[str, Any]) -> None:
 
 def _obj(o: dict[str, str]) -> dict[str, str]:
     return {"kind": o["kind"], "sop_uid": o["sop_uid"], "sop_class": o["sop_class"], "path": o["path"]}
+
+
+def _cpu_ms(c0: float) -> float:
+    return round((time.process_time() - c0) * 1000, 2)
 
 
 def _ms(t0: float) -> float:
