@@ -22,6 +22,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config as pynetdicom_config
 
 from cephnode.config.schema import ClientTls, NodeConfig
+from cephnode.domain.outputs import SOP_CLASSES, OutputKind
 from cephnode.node.jobstore import Delivery, JobStore
 from cephnode.node.logs import get_logger
 
@@ -156,6 +157,13 @@ class Deliverer:
         contexts: dict[str, set[str]] = defaultdict(set)
         for d in pending:
             contexts[d.sop_class].update({syntaxes[d.id], ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+        # every class this peer is configured for, waiting or not: a peer that accepts none of
+        # the proposed classes may abort instead of answering, and the one object waiting (an
+        # SR sent ahead of the rest) would be retried as if the peer were down
+        dest = self._destinations.get(peer.name)
+        kinds = dest.kinds if dest is not None else (self.cfg.return_to_sender.kinds if peer.name == "sender" else [])
+        for kind in kinds:
+            contexts[SOP_CLASSES[OutputKind(kind)]].update({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
         for sop_class, ts_set in list(contexts.items())[:128]:
             ae.add_requested_context(sop_class, sorted(ts_set))
         tls_args = None

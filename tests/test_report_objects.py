@@ -319,3 +319,10 @@ print("built")
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "built" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_each_kind_is_stored_as_the_sop_class_delivery_proposes(case):
+    from cephnode.domain.outputs import SOP_CLASSES
+
+    built = build_outputs(case.source, case.result, pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    assert {str(k): str(ds.SOPClassUID) for k, ds in built.items()} == {str(k): v for k, v in SOP_CLASSES.items()}
