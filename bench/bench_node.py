@@ -7,12 +7,18 @@ Prints one JSON object:
                             p50/p95/max for the SR and for all objects of the job
   drain_rate_per_s          instances / s from the first C-STORE to the last job finished, quiet
                             period excluded: the sustained throughput of the whole layout
-  node_peak_rss_mb          each node process's VmHWM at the end
+  node_peak_rss_mb          each node process's VmHWM at the end (its worker processes apart)
+  cpu_s_per_image           CPU seconds (utime + stime from /proc) per image over the burst and its
+                            processing, for the node processes, their worker processes, Orthanc
+                            and this bench (the sending modality); and per job the median CPU ms of
+                            each stage inside the worker (time.process_time: decode, inference,
+                            objects), which contention distorts less than wall time
   lost / doubled            instances without a result in Orthanc / SOP UIDs there more than once
 Layouts: `--store sqlite` (default) is the single `cephnode serve` process; `--store postgresql`
 starts a throwaway PostgreSQL cluster (fsync on) and runs one `--role receiver` process plus
 `--worker-processes N` `--role worker` processes on a shared spool/outbox.
 Usage: .venv/bin/python bench/bench_node.py [--count 200] [--kinds sr,seg,gsps] [--scale 1.0]
+       .venv/bin/python bench/bench_node.py --count 8 --gap 4 --quiet 1   # one image at a time: latency
        .venv/bin/python bench/bench_node.py --store postgresql --worker-processes 2
 """
 from __future__ import annotations
@@ -54,6 +60,27 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_s(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
 def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
@@ -69,6 +96,10 @@ def main() -> int:
     ap.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite",
                     help="sqlite: one `serve` process; postgresql: a receiver process plus worker processes")
     ap.add_argument("--worker-processes", type=int, default=1, help="`--role worker` processes (postgresql)")
+    ap.add_argument("--batch", choices=["auto", "on", "off"], default="auto", help="processing.batch of the node")
+    ap.add_argument("--batch-size", type=int, default=4, help="processing.batch_size of the node")
+    ap.add_argument("--gap", type=float, default=0.0,
+                    help="seconds between C-STOREs (e.g. 4: each image meets an idle node, for its latency)")
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
@@ -99,6 +130,7 @@ def main() -> int:
                               destinations=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                                              "port": pacs.dicom_port, "kinds": kinds}],
                               extra={"processing": {"outbox_kinds": kinds, "workers": args.workers,
+                                                    "batch": args.batch, "batch_size": args.batch_size,
                                                     **({"threads": args.threads} if args.threads else {})},
                                      "storage": storage,
                                      # a worker has no DICOM port: its `node_started` line says it is ready
@@ -118,6 +150,13 @@ def main() -> int:
                 node.start(calling_ae="BENCH")
                 for p in processes[1:]:
                     p.wait_for_event("node_started", after_start=1)
+                def cpu_now() -> dict[str, float]:
+                    nodes = [p.process.pid for p in processes]
+                    workers = [c for pid in nodes for c in children(pid)]
+                    return {"node_processes": sum(map(cpu_s, nodes)), "worker_processes": sum(map(cpu_s, workers)),
+                            "orthanc": cpu_s(pacs.process.pid), "bench_sender": time.process_time()}
+
+                cpu_start = cpu_now()
                 ae = AE(ae_title="BENCH")
                 for ts in {str(ds.file_meta.TransferSyntaxUID) for ds in encoded}:
                     ae.add_requested_context(DigitalXRayImageStorageForPresentation, ts)
@@ -125,7 +164,9 @@ def main() -> int:
                 assert assoc.is_established, "node refused the benchmark association"
                 answered: dict[str, float] = {}
                 t0 = time.time()
-                for ds in encoded:
+                for i, ds in enumerate(encoded):
+                    if args.gap and i:
+                        time.sleep(args.gap)
                     status = assoc.send_c_store(ds)
                     if status and status.Status == 0x0000:
                         answered[str(ds.SOPInstanceUID)] = time.time()
@@ -139,7 +180,11 @@ def main() -> int:
                     if st["queue_depth"] == 0 and st["open_studies"] == 0 and sum(st["jobs"].values()) == n:
                         break
                     time.sleep(1.0)
+                cpu_end = cpu_now()
                 rss = {p.log_path.parent.name: peak_rss_mb(p.process.pid) for p in processes}
+                for p in processes:
+                    for i, c in enumerate(children(p.process.pid)):
+                        rss[f"{p.log_path.parent.name}/child-{i + 1}"] = peak_rss_mb(c)
                 from cephnode.inference.pack import load_pack
 
                 version = load_pack(pack).version
@@ -178,8 +223,11 @@ def main() -> int:
             if uid in sr_at:
                 lat_sr.append(sr_at[uid] - sent - args.quiet)
             lat_all.append(jobs[uid][1] - sent - args.quiet)
-        step_ms = {k: pct([t[k] for t in timings if k in t], 50) for k in ("decode_ms", "inference_ms", "outputs_ms",
-                                                                           "total_ms")}
+        step_ms = {k: pct([t[k] for t in timings if k in t], 50)
+                   for k in ("read_ms", "decode_ms", "inference_ms", "sr_written_ms", "outputs_ms", "total_ms",
+                             "decode_cpu_ms", "inference_cpu_ms", "outputs_cpu_ms")}
+        cpu_per_image = {k: round((cpu_end[k] - cpu_start[k]) / n, 3) for k in cpu_start}
+        cpu_per_image["total"] = round(sum(cpu_per_image.values()), 3)
         report = {
             "instances": n,
             "image": f"{bases[0].shape[1]} x {bases[0].shape[0]}",
@@ -202,6 +250,9 @@ def main() -> int:
                                        "max": pct(lat_all, 100)},
             },
             "per_job_median_ms": step_ms,
+            "cpu_s_per_image": cpu_per_image,
+            "batch": args.batch,
+            "batched_jobs": sum(1 for t in timings if t.get("batch_size", 1) > 1),
             "node_peak_rss_mb": {k: (round(v, 1) if v else None) for k, v in rss.items()},
             "acknowledged": len(answered),
             "lost": len(lost),

@@ -299,6 +299,11 @@ class ProcessingConfig(_Strict):
     # Stage 1 test-time shifts: "pack" runs the extra passes the pack's pack.json names (1.5.0:
     # two, about 0.02 mm better on test1 for about 140 ms more CPU per image); "none": one pass.
     test_time_shifts: Literal["pack", "none"] = "pack"
+    # Stage 1 over several ready jobs in one call (node.workers): "auto" when the pack's Stage 1
+    # runs on a GPU with a dynamic batch axis (Pipeline.batches_stage1; on the CPU a batch
+    # measured no faster, bench/bench_batch.py), "on" always (tests, benchmarks), "off" never.
+    batch: Literal["auto", "on", "off"] = "auto"
+    batch_size: int = Field(default=4, ge=1, le=8)   # jobs one worker claims for one batch
     # ---- isolation (node.workers): each worker is a child process ----
     # A job running longer than this is killed with its process and counts as a failed attempt.
     job_timeout_s: float = Field(default=300.0, gt=0, le=86400)

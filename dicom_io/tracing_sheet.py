@@ -9,8 +9,11 @@ Text is set in Aileron Regular, the font embedded in Pillow (ImageFont.load_defa
 Pillow MIT-CMU), so degrees and plus-minus print as such on any machine without a system font.
 The sheet joins the source's study in its own series, says what it was derived from (Source
 Image Sequence, Derivation Description) and is stored JPEG 2000 lossless with the reversible
-colour transform (YBR_RCT, openjpeg via pylibjpeg-openjpeg, MIT): the radiograph's grey pixels
-have no chroma left, so a 2000 x 1200 sheet is about 1 MB instead of 7 MB of raw RGB.
+JPEG-LS lossless (CharLS via pyjpegls, MIT/BSD-3), RGB, colour-by-pixel: a 2640 x 1600 sheet (from
+a 2000 x 2500 source) is about 2.1 MB instead of 12.7 MB of raw RGB and encodes in about 130 ms
+of CPU. Issue 14 measured the alternatives on that sheet: JPEG 2000 lossless with the reversible
+colour transform is half the size (1.1 MB) but takes 270 ms, RLE 140 ms and 6.4 MB. Orthanc
+(DCMTK's JPEG-LS codec) and OHIF (cornerstone's CharLS decoder) both decode JPEG-LS.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEGLSLossless
 
 from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
@@ -324,16 +327,18 @@ def _reference_source(sc: Dataset, source: Dataset) -> None:
                                 "(downscaled) beside the analysis table; not for diagnosis alone")
 
 
-# Two threads encoding at once crashed the process (SIGSEGV in the pylibjpeg-openjpeg encoder,
-# seen with workers = 2); one encode is ~0.5 s, so the node's workers take turns here.
+# Two threads encoding at once crashed the process with the earlier JPEG 2000 encoder (SIGSEGV
+# in pylibjpeg-openjpeg, seen with workers = 2); encodes still take turns, which costs nothing
+# now that each worker is a process of its own.
 _ENCODER_LOCK = threading.Lock()
 
 
 def compress(sc: Dataset, sheet: np.ndarray) -> Dataset:
-    """JPEG 2000 lossless; YBR_RCT tells pydicom's openjpeg encoder to apply the reversible
-    colour transform, which PS3.5 8.2.4 names so for lossless JPEG 2000 of RGB data."""
-    sc.PhotometricInterpretation = "YBR_RCT"
+    """JPEG-LS lossless (PS3.5 A.4.3), RGB with colour-by-pixel planar configuration: the
+    pixels decode to exactly what was drawn."""
+    sc.PhotometricInterpretation = "RGB"
+    sc.PlanarConfiguration = 0
     with _ENCODER_LOCK:
-        sc.compress(JPEG2000Lossless, np.ascontiguousarray(sheet), encoding_plugin="pylibjpeg",
+        sc.compress(JPEGLSLossless, np.ascontiguousarray(sheet), encoding_plugin="pyjpegls",
                     generate_instance_uid=False)  # the UID is derived: a retry makes the same instance
     return sc

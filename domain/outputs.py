@@ -20,6 +20,15 @@ class OutputKind(StrEnum):
 
 
 ALL_OUTPUT_KINDS: tuple[OutputKind, ...] = tuple(OutputKind)
+# The SOP class each kind is stored as (tests/test_report_objects.py checks the builders agree).
+# Delivery proposes all of a destination's classes on every association, so that a peer which
+# refuses one says so even when that object is the only one waiting (the SR goes out alone).
+SOP_CLASSES: dict[OutputKind, str] = {
+    OutputKind.SR: "1.2.840.10008.5.1.4.1.1.88.33",     # Comprehensive SR
+    OutputKind.SEG: "1.2.840.10008.5.1.4.1.1.66.4",     # Segmentation
+    OutputKind.GSPS: "1.2.840.10008.5.1.4.1.1.11.1",    # Grayscale Softcopy Presentation State
+    OutputKind.SC: "1.2.840.10008.5.1.4.1.1.7",         # Secondary Capture Image
+}
 # What a destination receives when its configuration names no kinds: all of them (the tracing
 # sheet is what every viewer shows, even one that draws neither SR nor GSPS).
 DEFAULT_OUTPUT_KINDS: tuple[OutputKind, ...] = ALL_OUTPUT_KINDS

@@ -2,24 +2,35 @@
 
 One association per destination and round; each object's outcome is committed on its own, so
 a crash mid-round repeats at most the object in flight (same UIDs: the archive replaces it).
+
+An object whose transfer syntax the peer accepted as it is goes out as the file's own bytes
+(pynetdicom's chunked send from a path): decoding the file and encoding it again cost about as
+much as building the SR had (~1,500 content items), in the node's own process, for nothing.
+Only a peer that needs another syntax gets a decoded, converted copy.
 """
 from __future__ import annotations
 
 import ssl
 import time
+from pathlib import Path
 from collections import defaultdict
 from dataclasses import dataclass
 
 import pydicom
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config as pynetdicom_config
 
 from cephnode.config.schema import ClientTls, NodeConfig
+from cephnode.domain.outputs import SOP_CLASSES, OutputKind
 from cephnode.node.jobstore import Delivery, JobStore
 from cephnode.node.logs import get_logger
 
 log = get_logger("cephnode.delivery")
+
+# send_c_store(path) streams the file's data set as stored instead of decoding and re-encoding
+# it; this process only ever passes paths that the peer accepted in the file's transfer syntax.
+pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 # Warnings are stored objects (PS3.4 B.2.3): coercion, elements discarded, not checked.
@@ -146,6 +157,13 @@ class Deliverer:
         contexts: dict[str, set[str]] = defaultdict(set)
         for d in pending:
             contexts[d.sop_class].update({syntaxes[d.id], ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+        # every class this peer is configured for, waiting or not: a peer that accepts none of
+        # the proposed classes may abort instead of answering, and the one object waiting (an
+        # SR sent ahead of the rest) would be retried as if the peer were down
+        dest = self._destinations.get(peer.name)
+        kinds = dest.kinds if dest is not None else (self.cfg.return_to_sender.kinds if peer.name == "sender" else [])
+        for kind in kinds:
+            contexts[SOP_CLASSES[OutputKind(kind)]].update({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
         for sop_class, ts_set in list(contexts.items())[:128]:
             ae.add_requested_context(sop_class, sorted(ts_set))
         tls_args = None
@@ -169,6 +187,9 @@ class Deliverer:
                 if not assoc.is_established:
                     self._failed(d, peer, f"{where}: association lost")
                     continue
+                if _accepted_as_is(assoc, d.sop_class, syntaxes[d.id]):
+                    self._store_one(assoc, d, Path(d.path), peer, where)
+                    continue
                 ds = self._read_object(d, peer)
                 if ds is not None:
                     self._store_one(assoc, d, ds, peer, where)
@@ -177,9 +198,11 @@ class Deliverer:
                 assoc.release()
 
     def _store_one(self, assoc, d: Delivery, ds, peer: Peer, where: str) -> None:
+        """ds: the decoded object, or the path of a file the peer takes as it is."""
         t = time.perf_counter()
         name = UID(d.sop_class).name
-        ds = _as_peer_accepts(assoc, ds, d.sop_class)
+        if not isinstance(ds, Path):
+            ds = _as_peer_accepts(assoc, ds, d.sop_class)
         try:
             status = assoc.send_c_store(ds)
         except ValueError as exc:
@@ -230,9 +253,14 @@ class Deliverer:
             log.warning("delivery_retry_scheduled", **fields, retry_in_s=round(retry_in, 2))
 
 
+def _accepted_as_is(assoc, sop_class: str, transfer_syntax: str) -> bool:
+    return any(cx.abstract_syntax == sop_class and str(cx.transfer_syntax[0]) == transfer_syntax
+               for cx in assoc.accepted_contexts)
+
+
 def _as_peer_accepts(assoc, ds, sop_class: str):
     """The object in a transfer syntax the peer accepted: a compressed one (the tracing sheet is
-    JPEG 2000 lossless) goes uncompressed to an archive that took only the uncompressed offer.
+    JPEG-LS lossless) goes uncompressed to an archive that took only the uncompressed offer.
     Lossless both ways, same SOP Instance UID: the archive gets the same image either way."""
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
     if not ts.is_compressed:

@@ -252,24 +252,38 @@ class JobStore:
                 closed.append((study, cur.rowcount))
         return closed
 
+    def next_quiet_time(self, quiet_period_s: float) -> float | None:
+        """When the open study that received last longest ago falls quiet (None: none is open)."""
+        with self._read() as db:
+            row = db.execute("SELECT MIN(last_received_at) FROM studies WHERE state='open'").fetchone()
+        return None if row[0] is None else row[0] + quiet_period_s
+
     # ---- processing -------------------------------------------------------------------
     def claim_job(self, *, now: float | None = None) -> Job | None:
         """Take the oldest queued job no other worker holds (queued -> processing, attempts + 1),
         leased to this process for lease_s and renewed while it lives."""
+        jobs = self.claim_jobs(1, now=now)
+        return jobs[0] if jobs else None
+
+    def claim_jobs(self, limit: int, *, now: float | None = None) -> list[Job]:
+        """Up to `limit` of the oldest queued jobs, claimed as claim_job claims one, in one
+        transaction (a worker that runs Stage 1 as a batch takes the jobs ready now)."""
         now = time.time() if now is None else now
         with self._tx() as db:
-            row = db.execute(
+            rows = db.execute(
                 "SELECT j.id, j.sop_uid, j.study_uid, j.attempts, i.path, i.calling_ae, i.peer_host FROM jobs j"
                 " JOIN instances i ON i.sop_uid = j.sop_uid WHERE j.state='queued' AND COALESCE(j.not_before, 0) <= ?"
-                " ORDER BY j.id LIMIT 1" + self._lock(skip_locked=True, of="j"), (now,)).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE jobs SET state='processing', attempts=attempts+1, updated_at=?, lease_owner=?,"
-                       " lease_expires_at=? WHERE id=?", (now, self.owner, now + self.lease_s, row["id"]))
-        self._claimed[row["id"]] = row["attempts"] + 1
+                " ORDER BY j.id LIMIT ?" + self._lock(skip_locked=True, of="j"), (now, max(1, limit))).fetchall()
+            if not rows:
+                return []
+            db.executemany("UPDATE jobs SET state='processing', attempts=attempts+1, updated_at=?, lease_owner=?,"
+                           " lease_expires_at=? WHERE id=?",
+                           [(now, self.owner, now + self.lease_s, r["id"]) for r in rows])
+        for r in rows:
+            self._claimed[r["id"]] = r["attempts"] + 1
         self._keep_leases()
-        return Job(row["id"], row["sop_uid"], row["study_uid"], JobState.PROCESSING, row["attempts"] + 1, None,
-                   row["path"], row["calling_ae"], row["peer_host"])
+        return [Job(r["id"], r["sop_uid"], r["study_uid"], JobState.PROCESSING, r["attempts"] + 1, None,
+                    r["path"], r["calling_ae"], r["peer_host"]) for r in rows]
 
     def _still_ours(self, job_id: int, attempt: int | None) -> tuple[str, tuple]:
         """The WHERE clause that lets a completion through only while the claim stands: the job
@@ -317,33 +331,53 @@ class JobStore:
                        " WHERE id=?", (error, now + delay_s, now, job_id))
         self._claimed.pop(job_id, None)
 
+    def plan_deliveries(self, job_id: int, deliveries: list[PlannedDelivery], *,
+                        attempt: int | None = None) -> bool:
+        """Queue deliveries of objects a job has already written while it is still processing:
+        the SR goes out while the other objects are being built. Only while the claim stands
+        (False otherwise: nothing is queued). The same rows again (a job re-run after a crash
+        makes the same objects, derived UIDs) are ignored, so nothing is sent twice; the job
+        stays processing until finish_processing, and a delivery's outcome leaves it so."""
+        now = time.time()
+        where, args = self._still_ours(job_id, attempt)
+        with self._tx() as db:
+            if db.execute(f"SELECT id FROM jobs WHERE {where}" + self._lock(), args).fetchone() is None:
+                return False
+            self._insert_deliveries(db, job_id, deliveries, now)
+        return True
+
+    @staticmethod
+    def _insert_deliveries(db, job_id: int, deliveries: list[PlannedDelivery], now: float) -> None:
+        if deliveries:
+            db.executemany(
+                "INSERT INTO deliveries (job_id, destination, ae_title, host, port, kind, sop_uid,"
+                " sop_class, path, state, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?, 'pending', ?)"
+                " ON CONFLICT DO NOTHING",
+                [(job_id, d.destination, d.ae_title, d.host, d.port, d.kind, d.sop_uid, d.sop_class, d.path, now)
+                 for d in deliveries])
+
     def finish_processing(self, job_id: int, outputs: list[dict[str, Any]], deliveries: list[PlannedDelivery],
                           timings: dict[str, float], *, note: str | None = None,
                           attempt: int | None = None) -> JobState:
-        """Record the produced objects and queue their deliveries in one transaction.
-        Returns the job's new state (delivering, or done when nothing is to be sent). If the claim
-        no longer stands (this worker's lease expired and another worker took the job over),
+        """Record the produced objects and queue their deliveries in one transaction (those
+        plan_deliveries queued early are kept as they are, delivered or not). Returns the job's
+        new state: delivering, or done when nothing is left to send (nothing to send at all, or
+        only early deliveries that already went), or failed when an early one was parked. If the
+        claim no longer stands (this worker's lease expired and another worker took the job over),
         nothing is recorded and the job's current state is returned: the other worker makes
         the very same objects (derived UIDs), so they are delivered once, by whoever finishes."""
         now = time.time()
-        state = JobState.DELIVERING if deliveries else JobState.DONE
         where, args = self._still_ours(job_id, attempt)
         with self._tx() as db:
             updated = db.execute(
-                "UPDATE jobs SET state=?, error=?, outputs=?, timings=?, updated_at=?, finished_at=?, lease_owner=NULL,"
-                f" lease_expires_at=NULL WHERE {where}",
-                (state, note, json.dumps(outputs), json.dumps(timings), now, now if state is JobState.DONE else None,
-                 *args)).rowcount
+                "UPDATE jobs SET state='delivering', error=?, outputs=?, timings=?, updated_at=?, finished_at=NULL,"
+                f" lease_owner=NULL, lease_expires_at=NULL WHERE {where}",
+                (note, json.dumps(outputs), json.dumps(timings), now, *args)).rowcount
             if not updated:
                 row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
                 return JobState(row["state"]) if row else JobState.FAILED
-            if deliveries:
-                db.executemany(
-                    "INSERT INTO deliveries (job_id, destination, ae_title, host, port, kind, sop_uid,"
-                    " sop_class, path, state, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?, 'pending', ?)"
-                    " ON CONFLICT DO NOTHING",
-                    [(job_id, d.destination, d.ae_title, d.host, d.port, d.kind, d.sop_uid, d.sop_class, d.path, now)
-                     for d in deliveries])
+            self._insert_deliveries(db, job_id, deliveries, now)
+            state = self._settle_job(db, job_id, now)
         self._released(job_id, True)
         return state
 
@@ -410,6 +444,14 @@ class JobStore:
 
     @staticmethod
     def _settle_job(db, job_id: int, now: float) -> JobState:
+        """A delivering job whose deliveries are all settled becomes done or failed. A job in
+        any other state is left as it is: one still processing (its SR went out early,
+        plan_deliveries) is settled by finish_processing."""
+        row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            return JobState.FAILED
+        if row[0] != JobState.DELIVERING:
+            return JobState(row[0])
         counts = {r[0]: r[1] for r in db.execute(
             "SELECT state, COUNT(*) FROM deliveries WHERE job_id=? GROUP BY state", (job_id,))}
         if counts.get(DeliveryState.PENDING):

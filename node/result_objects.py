@@ -10,7 +10,7 @@ missing kind is reported with the job.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,11 @@ class ResultObjects:
 
 
 def build_result_objects(source: Dataset, result: Any, *, kinds: Iterable[OutputKind], pack: Any,
-                         image: Any = None) -> ResultObjects:
+                         image: Any = None,
+                         on_built: Callable[[OutputKind, Dataset], None] | None = None) -> ResultObjects:
+    """Every kind in `kinds`, in that order. on_built(kind, dataset) is called as each one is
+    made, before the next is built (the node writes the SR and sends it on its way while the
+    others are still to come); its errors are the caller's, not a builder problem."""
     from cephnode.dicom_io.outputs import build_output, gated
 
     out = ResultObjects()
@@ -47,4 +51,6 @@ def build_result_objects(source: Dataset, result: Any, *, kinds: Iterable[Output
             out.problems[kind] = "nothing to draw for this image (left out by the builder)"
         else:
             out.objects[kind] = ds
+            if on_built is not None:
+                on_built(kind, ds)
     return out

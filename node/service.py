@@ -125,7 +125,7 @@ class NodeService:
         cfg = self.cfg
         t = time.perf_counter()
         self.pool = WorkerPool(cfg, self.store, stop=self._stop, wake=self._wake_worker,
-                               on_state=self._job_settled)
+                               on_state=self._job_settled, on_planned=self._wake_delivery.set)
         self.pack_info = self.pool.start()  # the children load the pack; a broken pack stops the start here
         info = self.pack_info
         log.info("pipeline_loaded", pack=info.get("pack"), version=info.get("version"), providers=info.get("providers"),
@@ -220,7 +220,11 @@ class NodeService:
             for study, queued in self.store.close_quiet_studies(quiet):
                 log.info("study_complete", study_uid=study, jobs_queued=queued, quiet_period_s=quiet)
                 self._wake_worker.set()
-            self._wake_scheduler.wait(min(POLL_S, max(quiet / 4, 0.05)))
+            # until the oldest open study falls quiet (not a poll step later: that step was up to
+            # a quarter of the quiet period of latency on every study), or a new instance comes
+            due = self.store.next_quiet_time(quiet)
+            wait = POLL_S if due is None else min(POLL_S, max(due - time.time(), 0.01))
+            self._wake_scheduler.wait(wait)
             self._wake_scheduler.clear()
 
     def _job_settled(self, job, state: JobState) -> None:

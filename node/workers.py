@@ -34,7 +34,7 @@ from cephnode.config.schema import NodeConfig
 from cephnode.domain.states import JobState
 from cephnode.node.jobstore import Job, JobStore
 from cephnode.node.logs import get_logger, sanitize_error
-from cephnode.node.processing import JobOutcome, record_outcome
+from cephnode.node.processing import JobOutcome, record_early, record_outcome
 
 log = get_logger("cephnode.workers")
 
@@ -78,6 +78,7 @@ def _child_main(cfg: NodeConfig, conn: Connection, name: str) -> None:
         limit = _apply_memory_limit(cfg, pipeline)
         conn.send(("ready", {"pack": pipeline.pack.name, "version": pipeline.pack.version,
                              "providers": sorted(_providers(pipeline)), "memory_limit_bytes": limit,
+                             "batches_stage1": bool(pipeline.batches_stage1()),
                              "load_ms": round((time.perf_counter() - t) * 1000, 1)}))
     except BaseException as exc:  # a broken pack: the parent refuses to start
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -90,8 +91,13 @@ def _child_main(cfg: NodeConfig, conn: Connection, name: str) -> None:
             return
         if msg is None:
             return
-        outcome = processor.execute(Job(**msg))
-        conn.send(("done", outcome))
+        # a list of jobs (a batch) or one job; each SR goes to the parent as soon as it is
+        # written, and the parent queues its deliveries
+        def early(job_id: int, objects: list[dict[str, str]]) -> None:
+            conn.send(("early", (job_id, objects)))
+
+        outcomes = processor.execute_batch([Job(**m) for m in (msg if isinstance(msg, list) else [msg])], early)
+        conn.send(("done", outcomes))
 
 
 def _providers(pipeline: Any) -> set[str]:
@@ -206,10 +212,14 @@ class WorkerSlot:
             self.proc.join(5)
         self.kill()
 
-    def run(self, job: Job, timeout_s: float, should_stop: Callable[[], bool] | None = None) -> tuple[JobOutcome | None, str | None]:
-        """Send one job; returns (outcome, None), or (None, why the process was lost)."""
+    def run(self, jobs: list[Job], timeout_s: float,
+            on_early: Callable[[int, list[dict[str, str]]], None] | None = None
+            ) -> tuple[list[JobOutcome] | None, str | None]:
+        """Send jobs (one, or a batch); returns (one outcome per job, None), or (None, why the
+        process was lost). Objects the child hands on before it is done (each job's SR) go to
+        on_early(job_id, objects) as they come."""
         assert self.conn is not None
-        self.conn.send(asdict(job))
+        self.conn.send([asdict(job) for job in jobs])
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
@@ -218,8 +228,12 @@ class WorkerSlot:
                 return None, f"timed out after {timeout_s:g} s"
             try:
                 if self.conn.poll(min(left, 1.0)):
-                    kind, outcome = self.conn.recv()
-                    return outcome, None
+                    kind, payload = self.conn.recv()
+                    if kind == "early":
+                        if on_early is not None:
+                            on_early(*payload)
+                        continue
+                    return payload, None
             except (EOFError, OSError):
                 pass
             else:
@@ -235,12 +249,14 @@ class WorkerPool:
     """processing.workers slots, each a thread in the node that feeds its own child process."""
 
     def __init__(self, cfg: NodeConfig, store: JobStore, *, stop: threading.Event, wake: threading.Event,
-                 on_state: Callable[[Job, JobState], None] | None = None):
+                 on_state: Callable[[Job, JobState], None] | None = None,
+                 on_planned: Callable[[], None] | None = None):
         self.cfg = cfg
         self.store = store
         self._stop = stop
         self._wake = wake
         self._on_state = on_state
+        self._on_planned = on_planned        # deliveries were queued early: wake the delivery loop
         self.slots = [WorkerSlot(cfg, f"worker-{i + 1}") for i in range(cfg.processing.workers)]
         self.threads: list[threading.Thread] = []
         self._paused: str | None = None      # the transient condition jobs are waiting on
@@ -271,7 +287,7 @@ class WorkerPool:
             if slot.proc is None and not self._replace(slot):
                 continue
             try:
-                job = self.store.claim_job()
+                jobs = self.store.claim_jobs(self._batch_size(slot))
             except Exception as exc:   # a locked or unwritable database (disk full): wait, try again
                 why = sanitize_error(f"{type(exc).__name__}: {exc}")
                 if self._claim_error != why:   # once per state change
@@ -282,15 +298,44 @@ class WorkerPool:
             if self._claim_error is not None:
                 log.info("queue_available", worker=slot.name)
                 self._claim_error = None
-            if job is None:
+            if not jobs:
                 self._wake.wait(0.2)
                 self._wake.clear()
                 continue
-            self._run(slot, job)
+            if len(jobs) > 1 and any(j.attempts > 1 for j in jobs):
+                # a job retried after a lost worker may be what killed it: alone, it cannot
+                # take other jobs' attempts with it again
+                for job in jobs:
+                    self._run(slot, [job])
+                    if slot.proc is None and job is not jobs[-1] and not self._replace(slot):
+                        for rest in jobs[jobs.index(job) + 1:]:
+                            self.store.defer_job(rest.id, "worker process unavailable; retrying", 5.0)
+                        break
+                continue
+            self._run(slot, jobs)
 
-    def _run(self, slot: WorkerSlot, job: Job) -> None:
+    def _batch_size(self, slot: WorkerSlot) -> int:
+        """How many ready jobs this slot takes at once: processing.batch_size when Stage 1 runs
+        as a batch (processing.batch "on", or "auto" on a pack whose Stage 1 batches on its
+        device), else 1."""
         p = self.cfg.processing
-        outcome, lost = slot.run(job, p.job_timeout_s)
+        if p.batch == "on" or (p.batch == "auto" and slot.info.get("batches_stage1")):
+            return p.batch_size
+        return 1
+
+    def _run(self, slot: WorkerSlot, jobs: list[Job]) -> None:
+        p = self.cfg.processing
+        by_id = {j.id: j for j in jobs}
+        # a batch may take as long as its jobs one after the other
+        outcomes, lost = slot.run(jobs, p.job_timeout_s * len(jobs),
+                                  on_early=lambda job_id, objects: self._early(by_id[job_id], objects))
+        if len(jobs) > 1:
+            log.info("batch_processed", worker=slot.name, size=len(jobs), jobs=[j.id for j in jobs], lost=lost)
+        for i, job in enumerate(jobs):
+            self._settle(slot, job, outcomes[i] if outcomes is not None else None, lost)
+
+    def _settle(self, slot: WorkerSlot, job: Job, outcome: JobOutcome | None, lost: str | None) -> None:
+        p = self.cfg.processing
         if outcome is not None and outcome.transient:
             self._deferrals = min(self._deferrals + 1, 8)
             delay = min(300.0, 5.0 * 2 ** (self._deferrals - 1))
@@ -320,6 +365,18 @@ class WorkerPool:
                 state = JobState.FAILED
         if self._on_state is not None:
             self._on_state(job, state)
+
+    def _early(self, job: Job, objects: list[dict[str, str]]) -> None:
+        """The child wrote the SR: queue its deliveries now (durably, fenced by the claim) and
+        wake the delivery loop. A failure here only costs the head start: finish_processing
+        plans the same deliveries again."""
+        try:
+            planned = record_early(self.cfg, self.store, job, objects)
+        except Exception as exc:
+            log.warning("early_delivery_not_planned", job_id=job.id, error=sanitize_error(f"{type(exc).__name__}: {exc}"))
+            return
+        if planned and self._on_planned is not None:
+            self._on_planned()
 
     def _replace(self, slot: WorkerSlot) -> bool:
         slot.replacements += 1

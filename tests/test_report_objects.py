@@ -167,9 +167,9 @@ def test_tracing_sheet_shows_the_tracing_and_a_colour_coded_table(case, objects)
 def test_tracing_sheet_is_lossless_small_and_names_its_source(case, objects):
     sc = objects["sc"]
     ds = _roundtrip(sc)
-    # JPEG 2000 lossless with the reversible colour transform: decodes to the very pixels drawn.
-    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
-    assert ds.PhotometricInterpretation == "YBR_RCT"
+    # JPEG-LS lossless, RGB colour-by-pixel: decodes to the very pixels drawn.
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    assert ds.PhotometricInterpretation == "RGB" and ds.PlanarConfiguration == 0
     from cephnode.dicom_io.pixels import read_dicom_image
     from cephnode.dicom_io.tracing_sheet import render_sheet
     analysis = analyse(case.result)
@@ -321,3 +321,10 @@ print("built")
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "built" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_each_kind_is_stored_as_the_sop_class_delivery_proposes(case):
+    from cephnode.domain.outputs import SOP_CLASSES
+
+    built = build_outputs(case.source, case.result, pack_name=PACK_NAME, pack_version=PACK_VERSION)
+    assert {str(k): str(ds.SOPClassUID) for k, ds in built.items()} == {str(k): v for k, v in SOP_CLASSES.items()}

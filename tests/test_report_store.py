@@ -2,6 +2,7 @@
 files them under the source's study, and gives the SR back unchanged."""
 from __future__ import annotations
 
+import io
 import subprocess
 
 import highdicom as hd
@@ -33,9 +34,9 @@ def test_orthanc_accepts_each_object_by_c_store(tmp_path):
         ds.save_as(files[-1], enforce_file_format=True)
 
     with start_orthanc(tmp_path / "orthanc") as pacs:
-        # -R: propose exactly the SOP classes of the files (SEG and GSPS included); -xv: and JPEG
-            # 2000 lossless, the tracing sheet's transfer syntax
-        proc = subprocess.run(["storescu", "-R", "-xv", "-aet", "CEPHNODE", "-aec", pacs.aet, pacs.host,
+        # -R: propose exactly the SOP classes of the files (SEG and GSPS included); -xt: and
+        # JPEG-LS lossless, the tracing sheet's transfer syntax
+        proc = subprocess.run(["storescu", "-R", "-xt", "-aet", "CEPHNODE", "-aec", pacs.aet, pacs.host,
                                str(pacs.dicom_port), *map(str, files)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "Failed" not in proc.stderr and "Refused" not in proc.stderr, proc.stderr
@@ -46,6 +47,13 @@ def test_orthanc_accepts_each_object_by_c_store(tmp_path):
             tags = pacs.instance_tags(stored[ds.SOPInstanceUID])
             assert tags["SOPClassUID"] == SOP_CLASSES[kind]
             assert tags["StudyInstanceUID"] == case.source.StudyInstanceUID
+        # Orthanc decodes the JPEG-LS sheet itself (its rendered frame is the sheet drawn)
+        import numpy as np
+        from PIL import Image
+
+        sc = objects["sc"]
+        png = pacs.request("GET", f"/instances/{stored[sc.SOPInstanceUID]}/frames/0/preview")
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), sc.pixel_array)
         studies = pacs.get_json("/studies")
         assert len(studies) == 1
         assert len(pacs.get_json(f"/studies/{studies[0]}/series")) == 1 + len(objects)
@@ -59,8 +67,8 @@ def test_orthanc_accepts_each_object_by_c_store(tmp_path):
         assert got == {m.key: m.value for m in analyse(case.result).computed}
 
 
-def test_a_peer_that_refuses_jpeg_2000_gets_the_tracing_sheet_uncompressed(tmp_path):
-    # The sheet is stored JPEG 2000 lossless; an archive that accepts only uncompressed syntaxes
+def test_a_peer_that_refuses_jpeg_ls_gets_the_tracing_sheet_uncompressed(tmp_path):
+    # The sheet is stored JPEG-LS lossless; an archive that accepts only uncompressed syntaxes
     # still gets it, with the same pixels and the same SOP Instance UID (node.delivery).
     import numpy as np
     import pydicom
