@@ -11,8 +11,8 @@ So the SR says where each box goes:
   beside an angle's vertex or a line's middle, else further along its lines.
 Greedy, landmarks first: each label takes the candidate place (8 directions, 4 distances from
 each of its points) whose box overlaps least with the boxes placed before it and with the
-landmarks, covers least of the drawn lines, runs least off the film, and lies closest to its
-point. Boxes are estimated at a
+landmarks, covers least of the drawn lines and lies closest to its point, among the places
+that keep the box on the film (a few pixels inside its edge). Boxes are estimated at a
 fit-to-window scale (dicom_io.sr_layout), so the layout scales with the film. Deterministic:
 rebuilding an SR gives the same bytes.
 """
@@ -30,7 +30,8 @@ RADII = (10.0, 24.0, 42.0, 66.0)        # screen px between a point and the near
 DIRECTIONS = np.array([(np.cos(a), np.sin(a)) for a in np.radians(np.arange(0, 360, 45))])
 LANDMARK_MARK = 7.0                     # screen px around a landmark that no label should cover
 DISTANCE_COST = 4.0                     # a screen px further away costs this many px^2 of overlap
-OFF_FILM_COST = 50.0                    # per px^2 of box off the film
+OFF_FILM_MARGIN = 6.0                   # screen px inside the film's edge a box must keep clear of
+                                        # (the viewer's box may be a little larger than estimated)
 LINE_STEP = 6.0                         # screen px between samples of a drawn line
 LINE_COST = 40.0                        # px^2 of overlap per line sample under a box
 FAR_POINT = 40.0                        # screen px a label is further from its measurement when
@@ -68,9 +69,10 @@ def _overlap(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     return (np.clip(w, 0, None) * np.clip(h, 0, None)).sum(axis=1)
 
 
-def _off_film(boxes: np.ndarray, cols: int, rows: int) -> np.ndarray:
-    inside_w = np.clip(np.minimum(boxes[:, 2], cols) - np.maximum(boxes[:, 0], 0), 0, None)
-    inside_h = np.clip(np.minimum(boxes[:, 3], rows) - np.maximum(boxes[:, 1], 0), 0, None)
+def _off_film(boxes: np.ndarray, cols: int, rows: int, margin: float = 0.0) -> np.ndarray:
+    """Area of each box outside the film shrunk by `margin` on every side."""
+    inside_w = np.clip(np.minimum(boxes[:, 2], cols - margin) - np.maximum(boxes[:, 0], margin), 0, None)
+    inside_h = np.clip(np.minimum(boxes[:, 3], rows - margin) - np.maximum(boxes[:, 1], margin), 0, None)
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inside_w * inside_h
 
 
@@ -107,8 +109,12 @@ def place_labels(labels: list[tuple[np.ndarray, str, np.ndarray]], landmarks: np
     for (points, _, extra), size in zip(labels, sizes):
         corners, dist = _candidates(np.reshape(points, (-1, 2)), size, scale, np.asarray(extra, dtype=float))
         boxes = np.concatenate([corners, corners + size], axis=1)
-        cost = (_overlap(boxes, np.concatenate(placed)) + OFF_FILM_COST * _off_film(boxes, cols, rows)
+        cost = (_overlap(boxes, np.concatenate(placed))
                 + (DISTANCE_COST * dist + LINE_COST * _covered(boxes, lines)) * scale * scale)
+        # a label off the film is off the viewer's screen, where no one reads it: never chosen
+        # while any place on the film is left (then the least off)
+        off = _off_film(boxes, cols, rows, margin=OFF_FILM_MARGIN * scale)
+        cost = np.where(off > 0, np.inf, cost) if (off == 0).any() else off
         best = int(np.argmin(cost))
         placed.append(boxes[best][None])
         out.append(corners[best])

@@ -12,7 +12,7 @@ from cephnode.cephalometry.analysis import analyse
 from cephnode.dicom_io import codes
 from cephnode.dicom_io.outputs import build_outputs, instance_uid, series_uid
 from cephnode.dicom_io.sr import CORNERSTONE_3D_TAG, PIXEL_CORNER_OFFSET
-from cephnode.dicom_io.sr_labels import RADII, label_positions, tool_text
+from cephnode.dicom_io.sr_labels import OFF_FILM_MARGIN, RADII, label_positions, tool_text
 from cephnode.dicom_io.sr_layout import (ANGLE, CHAR_W, COBB_ANGLE, LENGTH, LINE_H, NOMINAL_SCREEN_HEIGHT,
                                          measurement_drawings, tool_value)
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
@@ -276,7 +276,10 @@ def test_tracked_labels_are_placed_apart_beside_what_they_name():
                  **{m.key: tool_text(drawn[m.key].tool, m.value, m.unit) for m in analysis.computed if m.key in measurement_at}}
         at = {**landmark_at, **measurement_at}
         boxes = np.array([[*at[k], at[k][0] + len(t) * CHAR_W * scale, at[k][1] + LINE_H * scale] for k, t in texts.items()])
-        assert boxes[:, :2].min() >= 0 and boxes[:, 2].max() <= cols and boxes[:, 3].max() <= rows, cid
+        # on the film with a margin for the viewer's slightly larger boxes (a name below Me ran off
+        # the screen when being off the film was only a cost)
+        m = OFF_FILM_MARGIN * scale
+        assert boxes[:, :2].min() >= m and boxes[:, 2].max() <= cols - m and boxes[:, 3].max() <= rows - m, cid
         w = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0])
         h = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1])
         overlap = np.triu(np.clip(w, 0, None) * np.clip(h, 0, None), 1).sum()
