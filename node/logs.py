@@ -128,7 +128,9 @@ def configure(level: str = "INFO", fmt: str = "json", log_phi: bool = False, str
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        # one write() per line (message and newline together): the worker processes share the
+        # node's stderr, and PrintLogger's two writes let their lines interleave
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library: into structlog, keep their warnings, quiet
