@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from cephnode.inference import contract
 from cephnode.domain.devices import DEVICES
 from cephnode.models import default_pack_dir
 from cephnode.training import TORCH_DEVICES, isbi
@@ -145,17 +146,17 @@ def cmd_evaluate(args) -> int:
 
 
 def _shifts(text: str | None) -> tuple[tuple[int, int], ...] | None:
+    """DX:DY,... or none -> the shifts, checked as a pack's are (inference.pack.test_time_shifts)."""
+    from cephnode.inference.pack import PackError, test_time_shifts
+
     if text is None:
         return None
     if text.strip().lower() == "none":
         return ()
     try:
-        pairs = tuple(tuple(int(v) for v in item.split(":")) for item in text.split(","))
-    except ValueError:
-        raise SystemExit(f"--test-time-shifts {text!r}: expected DX:DY,... (e.g. 4:4,-4:-4) or none")
-    if any(len(p) != 2 or p[0] % 2 or p[1] % 2 for p in pairs):
-        raise SystemExit(f"--test-time-shifts {text!r}: each shift is DX:DY with even pixel values")
-    return pairs  # type: ignore[return-value]
+        return test_time_shifts([item.split(":") for item in text.split(",")], f"test-time shifts {text!r}")
+    except PackError as exc:
+        raise SystemExit(f"{exc} (expected DX:DY,... with even values, e.g. 4:4,-4:-4, or none)") from None
 
 
 def _print_table(report: dict) -> None:
@@ -189,14 +190,13 @@ def cmd_train(args) -> int:
     arch = {"arch": args.stage1_arch} if args.stage1_arch else {}
     extra = {"lr": args.lr} if args.lr else {}
     if args.finetune:
-        extra.update(init_from=str((args.finetune / "stage1" / "v4_stage1.onnx").resolve()), freeze_bn=True)
+        extra.update(init_from=str((args.finetune / contract.STAGE1.path).resolve()), freeze_bn=True)
     s1cfg = stage1.Stage1Config(arm=_arm(args), epochs=args.epochs, device_shift=args.device_shift, **arch, **extra)
     if args.finetune and not args.manifest_only:
         from cephnode.training.pipeline_train import finetune_pack
 
-        splits = ("train",) if args.train_on == "train" else ("train", "test1")
         finetune_pack(args.finetune, args.out, ckpt, s1cfg, device=torch_device(args.device, args.threads),
-                      splits=splits, val_images=args.val, reschedule=args.reschedule,
+                      splits=TRAIN_ON_SPLITS[args.train_on], val_images=args.val, reschedule=args.reschedule,
                       say=lambda text: print(text, file=sys.stderr))
         print(f"wrote {args.out}; evaluate with: cephnode evaluate --split val --models {args.out}, then write "
               f"its pack.json with --manifest-only", file=sys.stderr)
@@ -218,13 +218,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+# --train-on -> the ISBI splits Stage 1 trains on
+TRAIN_ON_SPLITS = {"train": ("train",), "all": ("train", "test1")}
+
+
 def _finetune_manifest(args) -> dict:
     """What pack.json says about a fine-tuned pack: which images each stage saw, whether the
     validation images were held out, the test-time shifts, and whose test1 figure it carries."""
     import json
 
     base = json.loads((args.finetune / "pack.json").read_text())
-    trained_on = ["train"] if args.train_on == "train" else ["train", "test1"]
     images = ("ISBI train 001-150" if args.train_on == "train" else "all 300 labelled ISBI images (train 001-150 "
               "and test1 151-300, 173 and 283 included)")
     if args.val:
@@ -233,10 +236,10 @@ def _finetune_manifest(args) -> dict:
              f"on {images}; Stage 0: {base['name']} {base['version']}'s, train 001-150 only; labels = mean of "
              f"senior and junior annotators")
     shifts = _shifts(args.pack_test_time_shifts) or ()
-    sha = base["files"]["stage1/v4_stage1.onnx"]["sha256"]
-    extra = {"stage1_trained_on": trained_on, "validation_held_out": bool(args.val),
+    sha = base["files"][contract.STAGE1.path]["sha256"]
+    extra = {"stage1_trained_on": list(TRAIN_ON_SPLITS[args.train_on]), "validation_held_out": bool(args.val),
              "finetuned_from": {"name": base["name"], "version": base["version"], "stage1_sha256": sha,
-                                "describe": f"{base['name']} {base['version']} stage1/v4_stage1.onnx (sha256 {sha[:12]}...)"}}
+                                "describe": f"{base['name']} {base['version']} {contract.STAGE1.path} (sha256 {sha[:12]}...)"}}
     if args.protocol:
         rep = json.loads(args.protocol.read_text())
         proto_manifest = Path(rep["pack"]["root"]) / "pack.json"
@@ -245,7 +248,7 @@ def _finetune_manifest(args) -> dict:
             "version": rep["pack"]["version"], "evaluated_commit": rep.get("commit"),
             "split": proto.get("provenance", {}).get("split"),
             "stage1": proto.get("provenance", {}).get("stage1"),
-            "stage1_sha256": proto.get("files", {}).get("stage1/v4_stage1.onnx", {}).get("sha256"),
+            "stage1_sha256": proto.get("files", {}).get(contract.STAGE1.path, {}).get("sha256"),
             "stage1_test_time_shifts": rep.get("stage1_test_time_shifts"),
             "test1_mre_mm": rep["stage1"]["overall"]["mre_mm"], "test1_sdr": rep["stage1"]["overall"]["sdr"],
         }

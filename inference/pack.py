@@ -48,13 +48,7 @@ class ModelPack:
         """Stage 1 test-time augmentation the pack was validated with (pack.json
         "stage1_test_time_shifts": [[dx, dy], ...] in 512-grid pixels, even, so each maps to a
         whole heatmap pixel); empty: one pass."""
-        shifts = []
-        for item in self.manifest.get("stage1_test_time_shifts", []):
-            dx, dy = (int(v) for v in item)
-            if dx % 2 or dy % 2 or max(abs(dx), abs(dy)) > 64:
-                raise PackError(f"{self.root}: stage1_test_time_shifts {item!r}: even values of at most 64 px")
-            shifts.append((dx, dy))
-        return tuple(shifts)
+        return test_time_shifts(self.manifest.get("stage1_test_time_shifts", []), f"{self.root}: stage1_test_time_shifts")
 
     def note_for(self, landmark: str) -> str:
         """Why a landmark's output is not a validated prediction ('' when it is one)."""
@@ -65,6 +59,24 @@ class ModelPack:
         if landmark == "Pm":
             return PM_NOTE
         return ""
+
+
+MAX_TEST_TIME_SHIFT = 64     # 512-grid pixels; further, the shifted input loses too much of the head
+
+
+def test_time_shifts(items, where: str) -> tuple[tuple[int, int], ...]:
+    """[[dx, dy], ...] -> ((dx, dy), ...), each value even (so the heatmap moves by whole pixels)
+    and at most MAX_TEST_TIME_SHIFT; PackError naming `where` otherwise."""
+    shifts = []
+    for item in items:
+        try:
+            dx, dy = (int(v) for v in item)
+        except (TypeError, ValueError):
+            raise PackError(f"{where}: {item!r} is not a pair of whole pixel values") from None
+        if dx % 2 or dy % 2 or max(abs(dx), abs(dy)) > MAX_TEST_TIME_SHIFT:
+            raise PackError(f"{where}: {item!r}: even values of at most {MAX_TEST_TIME_SHIFT} px")
+        shifts.append((dx, dy))
+    return tuple(shifts)
 
 
 def default_pack_dir() -> Path:

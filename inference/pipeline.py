@@ -394,10 +394,7 @@ class Pipeline:
         """Stage 1 heatmaps (B, 25, 256, 256) for prepared images, one pass per test-time shift."""
         x = self._stage1_input(preps)
         with preps[0].timer.phase("stage1"):
-            heat = self._net(preps[0], contract.STAGE1.key, x)
-            if self.test_time_shifts:
-                heat = self._with_test_time_shifts(x, heat, preps[0])
-        return heat
+            return self._with_test_time_shifts(x, self._net(preps[0], contract.STAGE1.key, x), preps[0])
 
     def _with_test_time_shifts(self, x: np.ndarray, heat: np.ndarray, timed: _Prepared | None = None) -> np.ndarray:
         """Average `heat` with the heatmaps of `x` shifted by each test-time shift (zero fill,

@@ -72,6 +72,13 @@ def test_test_time_shifts_come_from_the_pack_and_are_checked(tmp_path):
     assert load_pack(_pack_copy(tmp_path / "a", [[4, 4], [-4, -4]])).test_time_shifts == ((4, 4), (-4, -4))
     with pytest.raises(PackError, match="even"):
         _ = load_pack(_pack_copy(tmp_path / "b", [[3, 4]])).test_time_shifts
+    # the command line's --test-time-shifts obeys the same rule
+    from cephnode.cli.train import _shifts
+
+    assert _shifts("2:2,-2:-2") == ((2, 2), (-2, -2)) and _shifts("none") == () and _shifts(None) is None
+    for bad in ("3:4", "66:0", "2", "a:b"):
+        with pytest.raises(SystemExit, match="even values"):
+            _shifts(bad)
 
 
 def test_test_time_shifts_average_aligned_heatmaps():

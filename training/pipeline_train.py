@@ -87,6 +87,21 @@ def json_lines_logger(path: Path):
     return log
 
 
+def hold_out_validation(ds: cache.CanonicalSet, use: np.ndarray, val_images: int, say=print):
+    """Take the last `val_images` train images (by number; isbi.load_cases("val") names the same
+    ones) out of `use`, in place, and return them as Stage 1's validation set (images,
+    landmarks, mm per 512-grid pixel), or None when val_images is 0."""
+    if not val_images:
+        return None
+    tr = ds.split == "train"
+    held = np.flatnonzero(tr)[np.argsort(ds.ids[tr])][-val_images:]
+    use[held] = False
+    w, h = ds.src_size
+    row, col = isbi.pixel_spacing_mm()
+    say(f"validation: {len(held)} held-out train images ({', '.join(sorted(ds.ids[held])[:3])} ...)")
+    return ds.images[held], ds.landmarks[held], (w * col / 512.0, h * row / 512.0)
+
+
 def train_pack(out: Path, ckpt: Path, s0cfg: stage0.Stage0Config, s1cfg: stage1.Stage1Config, *, device: str,
                reschedule: bool = False, accuracy_json: Path | None = None, bar_factory=None, say=print,
                val_images: int = 0) -> Path:
@@ -102,15 +117,7 @@ def train_pack(out: Path, ckpt: Path, s0cfg: stage0.Stage0Config, s1cfg: stage1.
         f"logs {ckpt.parent}/stage0.log, stage1_{s1cfg.arm}.log")
     nets = stage0_all(ds, ckpt, s0cfg, log=json_lines_logger(ckpt.parent / "stage0.log"), bar_factory=bar_factory)
     tr = ds.split == "train"
-    val = None
-    if val_images:
-        held = np.flatnonzero(tr)[np.argsort(ds.ids[tr])][-val_images:]
-        tr = tr.copy()
-        tr[held] = False
-        w, h = ds.src_size
-        row, col = isbi.pixel_spacing_mm()
-        val = (ds.images[held], ds.landmarks[held], (w * col / 512.0, h * row / 512.0))
-        say(f"validation: {len(held)} held-out train images ({', '.join(sorted(ds.ids[held])[:3])} ...)")
+    val = hold_out_validation(ds, tr, val_images, say)
     stage1.train(ds.images[tr], ds.landmarks[tr], s1cfg, ckpt, log=json_lines_logger(ckpt.parent / f"stage1_{s1cfg.arm}.log"),
                  device=device, progress=True, reschedule=reschedule, val=val)
     nets["stage1"] = stage1.load_trained(ckpt / f"stage1_{s1cfg.arm}.pt")
@@ -134,23 +141,15 @@ def finetune_pack(base: Path, out: Path, ckpt: Path, s1cfg: stage1.Stage1Config,
     ckpt.mkdir(parents=True, exist_ok=True)
     ds = cache.load()
     use = np.isin(ds.split, splits)
-    val = None
-    if val_images:
-        tr = ds.split == "train"
-        held = np.flatnonzero(tr)[np.argsort(ds.ids[tr])][-val_images:]
-        use[held] = False
-        w, h = ds.src_size
-        row, col = isbi.pixel_spacing_mm()
-        val = (ds.images[held], ds.landmarks[held], (w * col / 512.0, h * row / 512.0))
-        say(f"validation: {len(held)} held-out train images ({', '.join(sorted(ds.ids[held])[:3])} ...)")
+    val = hold_out_validation(ds, use, val_images, say)
     say(f"fine-tuning Stage 1 of {base} on {int(use.sum())} images ({'+'.join(splits)}), device {device}, "
         f"checkpoints {ckpt}, log {ckpt.parent}/stage1_{s1cfg.arm}.log")
     stage1.train(ds.images[use], ds.landmarks[use], s1cfg, ckpt, log=json_lines_logger(ckpt.parent / f"stage1_{s1cfg.arm}.log"),
                  device=device, progress=True, reschedule=reschedule, val=val)
     out.mkdir(parents=True, exist_ok=True)
     for spec in contract.MODELS:
-        if spec.key != "stage1" and (Path(base) / spec.path).resolve() != (out / spec.path).resolve():
+        if spec is not contract.STAGE1 and (Path(base) / spec.path).resolve() != (out / spec.path).resolve():
             (out / spec.path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(base) / spec.path, out / spec.path)
-    spec = next(s for s in contract.MODELS if s.key == "stage1")
-    return export.export_model(stage1.load_trained(ckpt / f"stage1_{s1cfg.arm}.pt"), spec, out, dynamic_batch=True)
+    return export.export_model(stage1.load_trained(ckpt / f"stage1_{s1cfg.arm}.pt"), contract.STAGE1, out,
+                               dynamic_batch=True)
