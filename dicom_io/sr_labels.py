@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from cephnode.cephalometry.analysis import Analysis
-from cephnode.dicom_io.sr_layout import ANGLE, CHAR_W, COBB_ANGLE, LENGTH, LINE_H, NOMINAL_SCREEN_HEIGHT, Drawing
+from cephnode.dicom_io.sr_layout import (ANGLE, CHAR_W, COBB_ANGLE, LENGTH, LINE_H, NOMINAL_SCREEN_HEIGHT, Drawing,
+                                         box_overlaps)
 from cephnode.domain.result import InferenceResult
 
 # cornerstone's text box: 14 px text with a few pixels of padding around it (screen px)
@@ -58,15 +59,6 @@ def _candidates(points: np.ndarray, size: np.ndarray, scale: float,
             corners.append(np.stack([x, y], axis=1))
             dist.append(np.full(len(d), r + e))
     return np.concatenate(corners), np.concatenate(dist)
-
-
-def _overlap(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Total overlap area of each box (n, 4: x0 y0 x1 y1) with all of `others` (m, 4)."""
-    if len(others) == 0:
-        return np.zeros(len(boxes))
-    w = np.minimum(boxes[:, None, 2], others[None, :, 2]) - np.maximum(boxes[:, None, 0], others[None, :, 0])
-    h = np.minimum(boxes[:, None, 3], others[None, :, 3]) - np.maximum(boxes[:, None, 1], others[None, :, 1])
-    return (np.clip(w, 0, None) * np.clip(h, 0, None)).sum(axis=1)
 
 
 def _off_film(boxes: np.ndarray, cols: int, rows: int, margin: float = 0.0) -> np.ndarray:
@@ -109,7 +101,7 @@ def place_labels(labels: list[tuple[np.ndarray, str, np.ndarray]], landmarks: np
     for (points, _, extra), size in zip(labels, sizes):
         corners, dist = _candidates(np.reshape(points, (-1, 2)), size, scale, np.asarray(extra, dtype=float))
         boxes = np.concatenate([corners, corners + size], axis=1)
-        cost = (_overlap(boxes, np.concatenate(placed))
+        cost = (box_overlaps(boxes, np.concatenate(placed))
                 + (DISTANCE_COST * dist + LINE_COST * _covered(boxes, lines)) * scale * scale)
         # a label off the film is off the viewer's screen, where no one reads it: never chosen
         # while any place on the film is left (then the least off)

@@ -289,7 +289,7 @@ def _options(m: CephMeasurement, base: np.ndarray, cols: int, rows: int) -> _Opt
     return _Options(base, starts, ends, at)
 
 
-def _overlaps(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+def box_overlaps(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     """Total overlap area of each box (n, 4: x0 y0 x1 y1) with all of `others` (m, 4)."""
     if len(others) == 0:
         return np.zeros(len(boxes))
@@ -324,13 +324,13 @@ def measurement_drawings(result: InferenceResult, analysis: Analysis, cols: int,
         tools.append(tool)
         polys.append(opts)
         boxes.append(bx)
-        costs.append(_overlaps(bx, fixed) + spill + ext * per_height)
+        costs.append(box_overlaps(bx, fixed) + spill + ext * per_height)
     chosen = [int(np.argmin(c)) for c in costs]          # each alone; then each against the others
     for _ in range(4):
         changed = False
         for i in range(len(keys)):
             others = np.array([boxes[j][chosen[j]] for j in range(len(keys)) if j != i]).reshape(-1, 4)
-            best = int(np.argmin(costs[i] + _overlaps(boxes[i], others)))
+            best = int(np.argmin(costs[i] + box_overlaps(boxes[i], others)))
             changed |= best != chosen[i]
             chosen[i] = best
         if not changed:
