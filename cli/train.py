@@ -62,6 +62,21 @@ def register(subparsers) -> None:
                    help="evaluate JSON whose figures go into pack.json's accuracy (default: the pack's evaluation/test1.json if present)")
     p.set_defaults(func=cmd_train)
 
+    p = subparsers.add_parser("train-refiner", help="train the landmark refiner into a pack (resumable)")
+    _data_arg(p)
+    p.add_argument("--pack", type=Path, required=True, help="pack folder the refiner is added to (its pack.json is updated)")
+    p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint file (default ~/.cache/cephnode/refiner-<train-on>.pt)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--train-on", choices=("train", "all"), default="train",
+                   help="train: ISBI train 001-150 (the protocol); all: the 300 labelled images")
+    p.add_argument("--val", type=int, default=0, metavar="N", help="hold the last N train images out and score them each epoch")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--weight", type=float, default=1.0, help="final = Stage 1 + WEIGHT x (refined - Stage 1); choose on val")
+    p.add_argument("--min-peak", type=float, default=0.0, help="refined positions with a lower peak are not used")
+    p.add_argument("--max-move", type=float, default=32.0, help="nor those further than this from Stage 1's (1024-grid px)")
+    p.add_argument("--settings-only", action="store_true", help="only rewrite the refinement settings in pack.json")
+    p.set_defaults(func=cmd_train_refiner)
+
     p = subparsers.add_parser("evaluate", help="MRE / SDR of a model pack on a labelled ISBI split, in true mm")
     _data_arg(p)
     p.add_argument("--split", default="test1", choices=("train", "val", "test1"),
@@ -70,6 +85,8 @@ def register(subparsers) -> None:
     p.add_argument("--test-time-shifts", default=None, metavar="DX:DY,...",
                    help="Stage 1 test-time shifts in 512-grid pixels, e.g. 4:4,-4:-4, or 'none' "
                         "(default: what the pack's pack.json says)")
+    p.add_argument("--refine", default="pack", metavar="pack|none|WEIGHT",
+                   help="the landmark refiner: as the pack says, off, or at this weight (0-1)")
     p.add_argument("--models", type=Path, default=None, help="pack folder (default: the default pack)")
     p.add_argument("--out", type=Path, default=None, help="folder for <split>.json and <split>.png")
     p.add_argument("--device", default="auto", choices=DEVICES)
@@ -129,7 +146,7 @@ def cmd_evaluate(args) -> int:
         progress = None  # type: ignore[assignment]
     report = evaluate.evaluate(split=args.split, models_dir=args.models, device=args.device, threads=args.threads,
                                limit=args.limit, orientation=orientation, progress=progress,
-                               test_time_shifts=_shifts(args.test_time_shifts))
+                               test_time_shifts=_shifts(args.test_time_shifts), refine=_refine_arg(args.refine))
     if bar:
         bar.close()
     out = args.out or (Path(report["pack"]["root"]) / "evaluation")
@@ -142,6 +159,39 @@ def cmd_evaluate(args) -> int:
               f"held out (pack.json provenance, stage1_trained_on); the held-out figure is the protocol "
               f"model's, in pack.json accuracy")
     print(f"wrote {jpath} and {ppath}")
+    return 0
+
+
+def _refine_arg(text: str) -> float | None:
+    """pack -> None (the pack's setting); none -> 0 (off); a number -> that weight."""
+    if text == "pack":
+        return None
+    if text == "none":
+        return 0.0
+    try:
+        w = float(text)
+    except ValueError:
+        raise SystemExit(f"--refine {text!r}: expected pack, none or a weight between 0 and 1") from None
+    if not 0.0 <= w <= 1.0:
+        raise SystemExit(f"--refine {text!r}: the weight must be between 0 and 1")
+    return w
+
+
+def cmd_train_refiner(args) -> int:
+    from cephnode.training import cache
+    from cephnode.training.refine import RefinerConfig, train_into_pack, write_settings
+
+    _use_data(args)
+    settings = {"min_peak": args.min_peak, "max_move_px": args.max_move, "weight": args.weight}
+    if args.settings_only:
+        print(f"wrote {write_settings(args.pack, settings)}", file=sys.stderr)
+        return 0
+    ckpt = args.checkpoints or cache.cache_dir() / f"refiner-{args.train_on}.pt"
+    path = train_into_pack(args.pack, ckpt, RefinerConfig(epochs=args.epochs), splits=TRAIN_ON_SPLITS[args.train_on],
+                           val_images=args.val, settings=settings, threads=args.threads,
+                           say=lambda text: print(text, file=sys.stderr))
+    print(f"wrote {path}; choose the weight with: cephnode evaluate --split val --models {args.pack} --refine W",
+          file=sys.stderr)
     return 0
 
 

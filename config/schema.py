@@ -296,9 +296,12 @@ class ProcessingConfig(_Strict):
     # Kinds kept in the outbox even when no destination wants them.
     outbox_kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
     max_processing_attempts: int = Field(default=3, ge=1, le=20)  # crashes mid-inference before parking
-    # Stage 1 test-time shifts: "pack" runs the extra passes the pack's pack.json names (1.5.0:
-    # two, about 0.02 mm better on test1 for about 140 ms more CPU per image); "none": one pass.
+    # Stage 1 test-time shifts: "pack" runs the extra passes the pack's pack.json names (1.5.0
+    # had two; 1.6.0 has none, its refiner does better); "none": one pass.
     test_time_shifts: Literal["pack", "none"] = "pack"
+    # The landmark refiner (pack.json "refinement", inference.refine): "pack" uses it as the pack
+    # says (1.6.0: ~0.09 mm better on test1 for ~20 ms CPU per image); "none": Stage 1's points.
+    refine: Literal["pack", "none"] = "pack"
     # Stage 1 over several ready jobs in one call (node.workers): "auto" when the pack's Stage 1
     # runs on a GPU with a dynamic batch axis (Pipeline.batches_stage1; on the CPU a batch
     # measured no faster, bench/bench_batch.py), "on" always (tests, benchmarks), "off" never.

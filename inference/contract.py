@@ -32,4 +32,10 @@ STAGE1 = ModelSpec("stage1", "stage1/v4_stage1.onnx", "1",
 
 MODELS: tuple[ModelSpec, ...] = (PROFILE, ZONE1, ZONE2, ZONE3, ZONE4, PHASE0E, STAGE1)
 
+# Beyond the contract, optional: a pack may add a landmark refiner (inference.refine), named in
+# pack.json "refinement". Its batch axis is dynamic (one patch per refined landmark); one output
+# channel per ISBI-labelled landmark.
+REFINER = ModelSpec("refiner", "refine/refiner.onnx", "R", (1, 1, 64, 64), ((1, 19, 32, 32),))
+OPTIONAL_MODELS: tuple[ModelSpec, ...] = (REFINER,)
+
 ZONE_INPUT = 256

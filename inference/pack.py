@@ -29,6 +29,16 @@ class PackError(ValueError):
     """A model pack cannot be used. The message names the file and the problem."""
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """pack.json "refinement": the optional landmark refiner (inference.refine) and the settings
+    it was validated with."""
+    landmarks: tuple[str, ...]     # refiner output channels, in order
+    min_peak: float                # a refined position below this peak is not used
+    max_move_px: float             # nor one further than this from Stage 1's (1024-grid pixels)
+    weight: float                  # final = Stage 1 + weight * (refined - Stage 1)
+
+
 @dataclass
 class ModelPack:
     root: Path
@@ -49,6 +59,11 @@ class ModelPack:
         "stage1_test_time_shifts": [[dx, dy], ...] in 512-grid pixels, even, so each maps to a
         whole heatmap pixel); empty: one pass."""
         return test_time_shifts(self.manifest.get("stage1_test_time_shifts", []), f"{self.root}: stage1_test_time_shifts")
+
+    @property
+    def refinement(self) -> Refinement | None:
+        """The landmark refiner's settings when the pack has one (its file is files["refiner"])."""
+        return refinement(self.manifest, self.root / MANIFEST) if contract.REFINER.key in self.files else None
 
     def note_for(self, landmark: str) -> str:
         """Why a landmark's output is not a validated prediction ('' when it is one)."""
@@ -77,6 +92,27 @@ def test_time_shifts(items, where: str) -> tuple[tuple[int, int], ...]:
             raise PackError(f"{where}: {item!r}: even values of at most {MAX_TEST_TIME_SHIFT} px")
         shifts.append((dx, dy))
     return tuple(shifts)
+
+
+def refinement(manifest: Mapping, where: Path) -> Refinement | None:
+    entry = manifest.get("refinement")
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping):
+        raise PackError(f"{where}: 'refinement' must be an object")
+    try:
+        names = tuple(_validate_landmarks(entry["landmarks"], f"{where}: refinement.landmarks"))
+        r = Refinement(names, float(entry["min_peak"]), float(entry["max_move_px"]), float(entry["weight"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, PackError):
+            raise
+        raise PackError(f"{where}: refinement needs landmarks, min_peak, max_move_px and weight ({exc})") from None
+    if len(names) != contract.REFINER.output_shapes[0][1]:
+        raise PackError(f"{where}: refinement.landmarks names {len(names)} channels, "
+                        f"the refiner has {contract.REFINER.output_shapes[0][1]}")
+    if not 0.0 <= r.weight <= 1.0 or r.max_move_px <= 0:
+        raise PackError(f"{where}: refinement.weight must be within 0-1 and max_move_px positive")
+    return r
 
 
 def default_pack_dir() -> Path:
@@ -159,6 +195,13 @@ def load_pack(path: Path | str | None = None, *, verify_hash: bool = True) -> Mo
         if manifest and spec.path not in manifest["files"]:
             raise PackError(f"{p}: present but not listed in {manifest_path}, so it cannot be verified")
         files[spec.key] = p
+    if manifest.get("refinement") is not None:
+        # optional beyond the contract: only a refiner the manifest lists (and so verifies) is used
+        spec = contract.REFINER
+        if spec.path not in manifest["files"]:
+            raise PackError(f"{manifest_path}: 'refinement' is set but {spec.path} is not listed in 'files'")
+        refinement(manifest, manifest_path)
+        files[spec.key] = root / spec.path
 
     if manifest:
         predicted = frozenset(_validate_landmarks(manifest.get("predicted_landmarks", CANONICAL_25),
@@ -183,6 +226,11 @@ def write_manifest(root: Path | str, *, name: str, version: str, predicted: Iter
         if not p.is_file():
             raise PackError(f"{p}: missing; a pack needs all seven contract files")
         files[spec.path] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    if (settings or {}).get("refinement") is not None:
+        p = root / contract.REFINER.path
+        if not p.is_file():
+            raise PackError(f"{p}: missing, and the settings name a refinement")
+        files[contract.REFINER.path] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     predicted = _validate_landmarks(predicted, "predicted")
     rules = dict(rules)
     _validate_landmarks(rules, "rules")

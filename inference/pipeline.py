@@ -4,13 +4,16 @@
           -> 0A profile net -> 0B profile geometry, zone boxes
           -> 0C zone nets -> contours -> 0D Douglas-Peucker + anchor rules
           -> 0E MLP -> 25 Gaussian attention maps
-          -> Stage 1 heatmap net -> DARK decoding -> original pose and pixel size
+          -> Stage 1 heatmap net -> DARK decoding
+          -> (optional, pack.json "refinement") landmark refiner at twice the resolution
+          -> original pose and pixel size
 
 Sessions are created once per Pipeline and reused; run() may be called from several
 threads at once (ONNX Runtime sessions are thread-safe; buffers are per call or per thread).
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from contextlib import contextmanager
@@ -31,6 +34,7 @@ from cephnode.inference.orientation import Hypothesis, inverse_points, pose_from
 from cephnode.inference.pack import ModelPack, load_pack
 from cephnode.inference.priors import anchor_vector, attention_maps, derived_points
 from cephnode.inference.quality import credibility, judge
+from cephnode.inference import refine as refiner
 from cephnode.inference.profile import StageFailure, analyse_profile, profile_mask, zone_boxes
 from cephnode.domain.result import InferenceResult, Landmark, Orientation, Stage0Diagnostics
 from cephnode.inference.sessions import ModelSessions
@@ -41,7 +45,7 @@ log = structlog.get_logger("cephnode.inference")
 PROFILE_OVERWRITES = ("UL", "LL", "Sn", "Pog_soft", "Pm")
 RULE_SOURCES = ("0B", "0D", "0E")     # a stated rule naming one of these phases can be evaluated
 NET_KEYS = {"profile": "net_0A", "z1": "net_0C", "z2": "net_0C", "z3": "net_0C", "z4": "net_0C",
-            "phase0e": "net_0E", "stage1": "net_stage1"}
+            "phase0e": "net_0E", "stage1": "net_stage1", "refiner": "net_refine"}
 
 
 class _Timer:
@@ -100,6 +104,8 @@ class _Prepared:
     canon_rgb: np.ndarray | None
     pixel_spacing_mm: tuple[float, float] | None
     timer: _Timer
+    norm: Normalised | None = None          # the validated full-size input (for the refiner)
+    inverted: bool = False
     prior_points: np.ndarray = field(default_factory=lambda: np.full((25, 2), np.nan))   # 512 grid
     rule_points: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     diag: Stage0Diagnostics | None = None
@@ -119,6 +125,12 @@ class Pipeline:
         # pixels and the heatmaps, shifted back, are averaged (the pack says which it was
         # validated with; see docs/model-pack.md). Empty: one pass.
         self.test_time_shifts: tuple[tuple[int, int], ...] = pack.test_time_shifts
+        # The landmark refiner (inference.refine) when the pack has one; None: Stage 1's points.
+        self.refinement = pack.refinement
+        self._refine_channels = np.array(
+            [self.refinement.landmarks.index(n) if (self.refinement and n in self.refinement.landmarks
+                                                    and n in pack.predicted and n not in pack.rules) else -1
+             for n in CANONICAL_25])
 
     @classmethod
     def load(cls, models_dir: Path | str | None = None, *, device: str = "auto",
@@ -131,6 +143,15 @@ class Pipeline:
                  io_binding=sorted({t.device for t in sessions.bound.values()}) or None,
                  gpu_note=sessions.gpu_unavailable_reason or None)
         return cls(pack, sessions)
+
+    def set_refine_weight(self, weight: float) -> None:
+        """Use the pack's refiner at another weight (0: Stage 1's points as they are), e.g. to
+        choose the weight on the validation split or to switch refinement off at a site."""
+        if self.refinement is None:
+            if weight:
+                raise ValueError(f"{self.pack.root}: this pack has no landmark refiner")
+            return
+        self.refinement = None if weight == 0 else dataclasses.replace(self.refinement, weight=float(weight))
 
     @property
     def providers(self) -> dict[str, list[str]]:
@@ -289,7 +310,7 @@ class Pipeline:
                     work.rgb = 1.0 - work.rgb
         margin = None if cand.margin == float("inf") else round(cand.margin, 3)
         return _Prepared(cand.name, work, (k, flip), Orientation(k, flip, cand.source, inverted, margin),
-                         work.grey, work.rgb, cand.spacing, timer)
+                         work.grey, work.rgb, cand.spacing, timer, norm=cand.norm, inverted=inverted)
 
     def _net(self, prep: _Prepared, key: str, x: np.ndarray) -> np.ndarray:
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -451,8 +472,12 @@ class Pipeline:
         t = prep.timer
         with t.phase("decode"):
             xy_heat, peaks = decode_heatmaps(heat)
+        xy_work = heat_to_work(xy_heat)
+        if self.refinement is not None and prep.norm is not None:
+            with t.phase("refine"):
+                xy_work = self._refine(prep, xy_work)
         with t.phase("map_back"):
-            xy = self._to_original(prep, heat_to_work(xy_heat))
+            xy = self._to_original(prep, xy_work)
             landmarks = []
             for i, n in enumerate(CANONICAL_25):
                 note = self.pack.note_for(n)
@@ -484,6 +509,15 @@ class Pipeline:
             providers=dict(self.providers), pack_name=self.pack.name, pack_version=self.pack.version,
             pixel_spacing_mm=prep.pixel_spacing_mm,
         )
+
+
+    def _refine(self, prep: _Prepared, xy_work: np.ndarray) -> np.ndarray:
+        """Stage 1's 512-grid points moved toward the refiner's, as far as the pack's weight says."""
+        r = self.refinement
+        grid = refiner.grid_image(prep.norm, prep.pose, prep.inverted)
+        out = refiner.refine(lambda x: self._net(prep, contract.REFINER.key, x), grid, xy_work,
+                             self._refine_channels, min_peak=r.min_peak, max_move_px=r.max_move_px)
+        return xy_work + r.weight * (out.points - xy_work)
 
 
 def _shift_into(out: np.ndarray, x: np.ndarray, dx: int, dy: int) -> None:

@@ -157,7 +157,7 @@ class ModelSessions:
         self.gpu_unavailable_reason = ""
         if len(providers) > 1:
             providers = self._probe(providers, pack.files[contract.PHASE0E.key])
-        for spec in contract.MODELS:
+        for spec in contract.MODELS + tuple(s for s in contract.OPTIONAL_MODELS if s.key in pack.files):
             path = pack.files[spec.key]
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

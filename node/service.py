@@ -55,6 +55,8 @@ def load_pipeline(cfg: NodeConfig) -> Any:
     pipe = Pipeline.load(p.models_dir, device=p.device, threads=p.threads)
     if p.test_time_shifts == "none":
         pipe.test_time_shifts = ()
+    if p.refine == "none":
+        pipe.set_refine_weight(0)
     return pipe
 
 

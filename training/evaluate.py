@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -92,14 +92,17 @@ def git_commit() -> str:
 
 def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", threads: int | None = None,
              limit: int | None = None, orientation: tuple[str, str] | None = None, progress=None,
-             test_time_shifts: tuple[tuple[int, int], ...] | None = None) -> dict:
+             test_time_shifts: tuple[tuple[int, int], ...] | None = None, refine: float | None = None) -> dict:
     """Run inference.pipeline.Pipeline on every case of the split; return the report dict.
-    test_time_shifts: override the pack's Stage 1 test-time augmentation (None: the pack's)."""
+    test_time_shifts: override the pack's Stage 1 test-time augmentation (None: the pack's).
+    refine: the landmark refiner's weight instead of the pack's (0: off; None: the pack's)."""
     from cephnode.inference.pipeline import Pipeline
 
     pipe = Pipeline.load(models_dir, device=device, threads=threads)
     if test_time_shifts is not None:
         pipe.test_time_shifts = tuple(test_time_shifts)
+    if refine is not None:
+        pipe.set_refine_weight(refine)
     cases = isbi.load_cases(split, exclude_duplicates=True)
     if limit:
         cases = cases[:limit]
@@ -138,6 +141,7 @@ def evaluate(*, split: str = "test1", models_dir=None, device: str = "auto", thr
         "pack": {"name": pipe.pack.name, "version": pipe.pack.version, "root": str(pipe.pack.root)},
         "providers": {k: v for k, v in pipe.providers.items()},
         "stage1_test_time_shifts": [list(t) for t in pipe.test_time_shifts],
+        "refinement": asdict(pipe.refinement) if pipe.refinement else None,
         # a pack trained on these very images (the shipped pack may use all 300): not held out
         "in_sample": split in stage1_trained_on(pipe.pack.manifest) or (
             split == "val" and "train" in stage1_trained_on(pipe.pack.manifest)

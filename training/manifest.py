@@ -46,6 +46,14 @@ def write_pack_manifest(root: Path, s0cfg, s1cfg, *, accuracy_json: Path | None 
         **(provenance_extra or {}),
     }
     accuracy.update(accuracy_extra or {})
+    # The landmark refiner (cephnode train-refiner) is recorded by its own command: keep it.
+    old = root / "pack.json"
+    if old.exists():
+        prev = json.loads(old.read_text())
+        if prev.get("refinement") is not None:
+            settings = {**(settings or {}), "refinement": prev["refinement"]}
+            if "refiner" in prev.get("provenance", {}):
+                provenance["refiner"] = prev["provenance"]["refiner"]
     return write_manifest(root, name=name, version=version, predicted=ISBI_19,
                           rules={"Prn": "Phase 0B profile geometry: most anterior point of the soft-tissue profile "
                                         "above 35 % of its height (not a trained prediction; no data labels Prn)"},
