@@ -300,6 +300,9 @@ def _finetune_manifest(args) -> dict:
             "stage1": proto.get("provenance", {}).get("stage1"),
             "stage1_sha256": proto.get("files", {}).get(contract.STAGE1.path, {}).get("sha256"),
             "stage1_test_time_shifts": rep.get("stage1_test_time_shifts"),
+            "refinement": rep.get("refinement"),
+            "refiner": proto.get("provenance", {}).get("refiner"),
+            "refiner_sha256": proto.get("files", {}).get(contract.REFINER.path, {}).get("sha256"),
             "test1_mre_mm": rep["stage1"]["overall"]["mre_mm"], "test1_sdr": rep["stage1"]["overall"]["sdr"],
         }
         if extra["protocol_model"]["stage1"]:
