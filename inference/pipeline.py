@@ -170,6 +170,19 @@ class Pipeline:
         heat = self._stage1([prep])
         return self._conclude(cand, self._finish(prep, heat[0]))
 
+    def warm_up(self) -> float:
+        """Trace a blank film once, in a given pose, so that ONNX Runtime's first-run set-up of
+        every session (memory planning, kernel choice; ~0.5-0.7 s on the 2-core host) is paid
+        here and not by the first real image. Returns the milliseconds it took."""
+        t0 = time.perf_counter()
+        # the steps of run() without its verdict and logs: a blank film fails Stage 0 (that is
+        # expected here, not news for the log), and Stage 1 and the refiner still run
+        cand = self._candidates(np.full((640, 512), 128, np.uint8), None, None, "warm-up", (0, False))
+        prep = self._prepare(cand, cand.hypotheses[0], cand.timer)
+        self._stage0(prep)
+        self._finish(prep, self._stage1([prep])[0])
+        return (time.perf_counter() - t0) * 1e3
+
     def batches_stage1(self) -> bool:
         """Whether run_batch gives Stage 1 several images in one call by default: when the
         model's batch axis is dynamic and Stage 1 runs on an accelerator. On the CPU one batch

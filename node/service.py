@@ -133,6 +133,7 @@ class NodeService:
         log.info("pipeline_loaded", pack=info.get("pack"), version=info.get("version"), providers=info.get("providers"),
                  workers=cfg.processing.workers, worker_pids=self.pool.pids(),
                  memory_limit_bytes=info.get("memory_limit_bytes"), job_timeout_s=cfg.processing.job_timeout_s,
+                 refine=info.get("refine"), warm_up_ms=info.get("warm_up_ms"),
                  load_ms=round((time.perf_counter() - t) * 1000, 1))
         self.deliverer = Deliverer(cfg, self.store, metrics=self.metrics)
         loops = [("delivery", self._delivery_loop)]

@@ -75,11 +75,14 @@ def _child_main(cfg: NodeConfig, conn: Connection, name: str) -> None:
         t = time.perf_counter()
         pipeline = load_pipeline(cfg)
         processor = Processor(cfg, pipeline)
+        warm_ms = pipeline.warm_up()      # before the memory limit: it counts the loaded sessions
         limit = _apply_memory_limit(cfg, pipeline)
         conn.send(("ready", {"pack": pipeline.pack.name, "version": pipeline.pack.version,
                              "providers": sorted(_providers(pipeline)), "memory_limit_bytes": limit,
                              "batches_stage1": bool(pipeline.batches_stage1()),
-                             "load_ms": round((time.perf_counter() - t) * 1000, 1)}))
+                             "load_ms": round((time.perf_counter() - t) * 1000, 1),
+                             "refine": pipeline.refinement is not None,
+                             "warm_up_ms": round(warm_ms, 1)}))
     except BaseException as exc:  # a broken pack: the parent refuses to start
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return

@@ -44,8 +44,11 @@ def test_hang_crash_panic_and_memory_blowup_fail_only_their_jobs(tmp_path, pack,
             assert res.returncode == 0, (name, res.stderr)
         status = node.wait_for(lambda s: s["queue_depth"] == 0 and s["open_studies"] == 0
                                and sum(s["jobs"].values()) == len(files), timeout=240, what="all jobs settled")
-        assert status["jobs"] == {"done": 1, "failed": len(faults)}, status["jobs"]
         import pydicom
+
+        names = {str(pydicom.dcmread(p).SOPInstanceUID): n for n, p in files.items()}
+        assert status["jobs"] == {"done": 1, "failed": len(faults)}, \
+            (status["jobs"], {names.get(j["sop_uid"]): j["error"] for j in status["failed_jobs"]})
 
         by_sop = {j["sop_uid"]: j for j in status["failed_jobs"]}
         reasons = {f: by_sop[str(pydicom.dcmread(files[f]).SOPInstanceUID)]["error"] for f in faults}
