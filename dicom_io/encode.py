@@ -27,7 +27,8 @@ from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import dcmwrite, write_data_element
+from pydicom.filewriter import correct_ambiguous_vr_element, dcmwrite, write_data_element
+from pydicom.valuerep import AMBIGUOUS_VR
 
 _ITEM = struct.Struct("<HHI")
 _SQ_HEADER = struct.Struct("<HH2sHI")  # tag, VR, reserved, 4-byte length
@@ -61,7 +62,13 @@ def _fast(ds: Dataset) -> bytes:
     shallow = Dataset()
     for tag in ds.keys():
         elem = ds.get_item(tag)
-        if isinstance(elem, RawDataElement) or len(elem.VR or "") != 2:
+        if isinstance(elem, RawDataElement):
+            raise _Unsupported
+        if elem.VR in AMBIGUOUS_VR:
+            # a top-level element such as a SEG's Pixel Data ("OB or OW"): resolved in place by
+            # pydicom's own rule from the dataset, as save_as does
+            elem = correct_ambiguous_vr_element(elem, ds, True)
+        if len(elem.VR or "") != 2:
             raise _Unsupported
         if elem.VR == "SQ":
             if elem.is_undefined_length:
