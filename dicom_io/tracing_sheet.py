@@ -8,12 +8,13 @@ out with the reason). No patient identifiers are drawn: Burned In Annotation fol
 Text is set in Aileron Regular, the font embedded in Pillow (ImageFont.load_default; font CC0,
 Pillow MIT-CMU), so degrees and plus-minus print as such on any machine without a system font.
 The sheet joins the source's study in its own series, says what it was derived from (Source
-Image Sequence, Derivation Description) and is stored JPEG 2000 lossless with the reversible
-JPEG-LS lossless (CharLS via pyjpegls, MIT/BSD-3), RGB, colour-by-pixel: a 2640 x 1600 sheet (from
-a 2000 x 2500 source) is about 2.1 MB instead of 12.7 MB of raw RGB and encodes in about 130 ms
-of CPU. Issue 14 measured the alternatives on that sheet: JPEG 2000 lossless with the reversible
-colour transform is half the size (1.1 MB) but takes 270 ms, RLE 140 ms and 6.4 MB. Orthanc
-(DCMTK's JPEG-LS codec) and OHIF (cornerstone's CharLS decoder) both decode JPEG-LS.
+Image Sequence, Derivation Description) and is stored JPEG baseline, RGB samples as drawn, labelled
+lossy (Lossy Image Compression 01, ratio, method ISO_10918_1): a 2640 x 1600 sheet (from a 2000 x
+2500 source) is about 1.6 MB instead of 12.7 MB of raw RGB and encodes in about 21 ms of CPU.
+Why lossy (issue 14, docs/report.md): the sheet is a picture for reading, drawn from a downscaled
+copy of the radiograph that stays untouched in the archive; JPEG-LS lossless took 130 ms of CPU
+(2.1 MB), a third of the node's whole per-job budget for the objects. Orthanc (DCMTK) and OHIF
+(cornerstone's libjpeg-turbo) decode it; DCMTK and pydicom decode it to the same pixels.
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEGLSLossless
+from pydicom.encaps import encapsulate
+from pydicom.multival import MultiValue
+from pydicom.uid import JPEGBaseline8Bit
 
 from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
@@ -307,7 +310,7 @@ def build_tracing_sheet(
     sc.BurnedInAnnotation = "YES" if str(source.get("BurnedInAnnotation", "")).upper() == "YES" else "NO"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     _reference_source(sc, source)
-    return compress(sc, sheet)
+    return compress(sc, sheet, source)
 
 
 # DCM 121322: the source image was input to an image processing operation (here the tracing).
@@ -327,18 +330,54 @@ def _reference_source(sc: Dataset, source: Dataset) -> None:
                                 "(downscaled) beside the analysis table; not for diagnosis alone")
 
 
-# Two threads encoding at once crashed the process with the earlier JPEG 2000 encoder (SIGSEGV
-# in pylibjpeg-openjpeg, seen with workers = 2); encodes still take turns, which costs nothing
-# now that each worker is a process of its own.
+# The sheet's JPEG: quality 90, RGB kept as RGB (no colour transform, so no chroma subsampling;
+# Photometric Interpretation RGB, PS3.5 8.2.1). On the 2640 x 1600 sheet of a 2000 x 2500 source
+# (issue 14, docs/report.md): PSNR 47.5 dB, largest error 18 of 255 (at the edges of text), 1.6
+# MB, 21 ms of CPU. YCbCr with 4:2:0 or 4:2:2 subsampling is smaller but smears the coloured
+# lines and text (errors up to 169); YCbCr without subsampling (YBR_FULL) is not accepted for a
+# Secondary Capture by dciodvfy.
+JPEG_QUALITY = 90
+JPEG_METHOD = "ISO_10918_1"          # Lossy Image Compression Method: JPEG lossy (PS3.3 C.7.6.1.1.5.1)
+
+# Encodes take turns: Pillow's encoder is thread-safe, but two workers' threads gain nothing from
+# encoding at once (each worker is a process of its own); the lock dates from a JPEG 2000 encoder
+# that crashed when two threads encoded at once (SIGSEGV in pylibjpeg-openjpeg).
 _ENCODER_LOCK = threading.Lock()
 
 
-def compress(sc: Dataset, sheet: np.ndarray) -> Dataset:
-    """JPEG-LS lossless (PS3.5 A.4.3), RGB with colour-by-pixel planar configuration: the
-    pixels decode to exactly what was drawn."""
+def compress(sc: Dataset, sheet: np.ndarray, source: Dataset | None = None) -> Dataset:
+    """JPEG baseline (PS3.5 A.4.1, 1.2.840.10008.1.2.4.50) of the RGB samples as they are
+    (Photometric Interpretation RGB, colour-by-pixel), labelled lossy as PS3.3 C.7.6.1.1.5 asks: Lossy Image Compression 01, with the
+    ratio and the method appended to the source's own history when the source was lossy too.
+
+    Lossy because the sheet is a picture for reading, drawn from a downscaled copy of the
+    radiograph, and the radiograph itself stays untouched in the archive; JPEG-LS lossless cost
+    130 ms of CPU per job for 2.1 MB, this 21 ms for 1.6 MB (docs/report.md)."""
+    from io import BytesIO
+
+    buf = BytesIO()
+    with _ENCODER_LOCK:
+        Image.fromarray(np.ascontiguousarray(sheet), mode="RGB").save(buf, format="JPEG", quality=JPEG_QUALITY,
+                                                                     subsampling=0, keep_rgb=True)
+    frame = buf.getvalue()
+    sc.PixelData = encapsulate([frame])
+    sc["PixelData"].VR = "OB"
+    sc["PixelData"].is_undefined_length = True
+    sc.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     sc.PhotometricInterpretation = "RGB"
     sc.PlanarConfiguration = 0
-    with _ENCODER_LOCK:
-        sc.compress(JPEGLSLossless, np.ascontiguousarray(sheet), encoding_plugin="pyjpegls",
-                    generate_instance_uid=False)  # the UID is derived: a retry makes the same instance
+    ratios, methods = [], []
+    if source is not None and str(source.get("LossyImageCompression", "")) == "01":
+        ratios = _history(source, "LossyImageCompressionRatio")
+        methods = _history(source, "LossyImageCompressionMethod")
+    sc.LossyImageCompression = "01"
+    sc.LossyImageCompressionRatio = [*ratios, f"{sheet.nbytes / len(frame):.2f}"]
+    sc.LossyImageCompressionMethod = [*methods, JPEG_METHOD]
     return sc
+
+
+def _history(source: Dataset, keyword: str) -> list[str]:
+    value = source.get(keyword)
+    if value is None or value == "":
+        return []
+    return [str(v) for v in (value if isinstance(value, MultiValue) else [value])]
