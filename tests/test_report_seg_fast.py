@@ -15,6 +15,7 @@ import pytest
 from cephnode.cephalometry.analysis import analyse
 from cephnode.dicom_io import seg as seg_module
 from cephnode.dicom_io.outputs import instance_uid, series_uid
+from tests.support.dataset_diff import differences
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 
 CLOCK = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
@@ -67,6 +68,7 @@ def test_seg_equals_plain_highdicom(name, source, result, monkeypatch):
         if "ContributionDateTime" in theirs:
             ours.ContributionDateTime = theirs.ContributionDateTime
     assert plain == fast
+    assert differences(plain, fast) == []          # every element, Code Meanings included
     assert _encoded(plain) == _encoded(fast)
 
 
