@@ -86,7 +86,12 @@ class _Label:
 
 
 class _Texts:
-    """Text is laid over the cv2 drawing in one Pillow pass (cv2 has only ASCII Hershey fonts)."""
+    """Text is laid over the cv2 drawing in one pass (cv2 has only ASCII Hershey fonts).
+
+    Each text is rendered by Pillow once per process (its coverage mask; _text_mask) and
+    blended in with Pillow's own arithmetic, so the pixels are those ImageDraw.text draws
+    (tests/test_report_objects.py compares them); most texts repeat from sheet to sheet (names,
+    norms, headings, the legend), and rendering them was half the sheet's drawing (issue 14)."""
 
     def __init__(self) -> None:
         self.labels: list[_Label] = []
@@ -95,13 +100,45 @@ class _Texts:
         self.labels.append(_Label(*args, **kwargs))
 
     def draw_on(self, rgb: np.ndarray) -> np.ndarray:
-        img = Image.fromarray(rgb)
-        draw = ImageDraw.Draw(img)
+        out = np.array(rgb, dtype=np.uint8, copy=True)
         for lb in self.labels:
-            stroke = lb.outline or (1 if lb.bold else 0)
-            draw.text((lb.x, lb.y), lb.text, fill=lb.colour, font=font(lb.px), anchor="ls",
-                      stroke_width=stroke, stroke_fill=(0, 0, 0) if lb.outline else lb.colour)
-        return np.asarray(img)
+            if lb.outline:                       # a dark halo, then the text in its colour
+                _blend(out, lb.x, lb.y, _text_mask(lb.text, lb.px, lb.outline), (0, 0, 0))
+                _blend(out, lb.x, lb.y, _text_mask(lb.text, lb.px, 0), lb.colour)
+            else:                                # bold: the text widened by a stroke of its own colour
+                _blend(out, lb.x, lb.y, _text_mask(lb.text, lb.px, 1 if lb.bold else 0), lb.colour)
+        return out
+
+
+@lru_cache(maxsize=4096)
+def _text_mask(text: str, px: int, stroke: int) -> tuple[np.ndarray, int, int]:
+    """(coverage 0..255, dx, dy): `text` as ImageDraw.text draws it with its baseline's left end
+    ("ls") at the origin, stroked `stroke` px; the mask's top-left pixel lies at (dx, dy)."""
+    f = font(px)
+    x0, y0, x1, y1 = f.getbbox(text, anchor="ls", stroke_width=stroke)
+    pad = 2 + stroke
+    dx, dy = int(np.floor(x0)) - pad, int(np.floor(y0)) - pad
+    img = Image.new("L", (int(np.ceil(x1)) - dx + pad, int(np.ceil(y1)) - dy + pad), 0)
+    ImageDraw.Draw(img).text((-dx, -dy), text, fill=255, font=f, anchor="ls", stroke_width=stroke, stroke_fill=255)
+    mask = np.asarray(img)
+    mask.setflags(write=False)
+    return mask, dx, dy
+
+
+def _blend(out: np.ndarray, x: int, y: int, found: tuple[np.ndarray, int, int], colour) -> None:
+    """Pillow's draw_bitmap for an L mask on an RGB image: (in * (255 - m) + ink * m) / 255,
+    rounded as Pillow rounds; clipped to the image."""
+    mask, dx, dy = found
+    top, left = y + dy, x + dx
+    h, w = out.shape[:2]
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + mask.shape[0], h), min(left + mask.shape[1], w)
+    if r0 >= r1 or c0 >= c1:
+        return
+    m = mask[r0 - top:r1 - top, c0 - left:c1 - left].astype(np.uint32)[:, :, None]
+    region = out[r0:r1, c0:c1]
+    t = region * (255 - m) + np.asarray(colour, np.uint32) * m + 128
+    region[...] = (((t >> 8) + t) >> 8).astype(np.uint8)
 
 
 def _row_colour(m: Measurement) -> tuple[int, int, int]:

@@ -210,6 +210,31 @@ def test_tracing_sheet_of_a_lossy_source_keeps_its_compression_history():
     assert float(back.LossyImageCompressionRatio[0]) == 9.5 and float(back.LossyImageCompressionRatio[1]) > 3
 
 
+def test_tracing_sheet_text_is_what_pillow_draws():
+    """The sheet's texts are rendered once per process and blended in (tracing_sheet._Texts):
+    the pixels must be those ImageDraw.text draws, halos, bold and clipping at the edges included."""
+    from PIL import Image, ImageDraw
+
+    from cephnode.dicom_io.tracing_sheet import _Texts, font
+
+    rng = np.random.default_rng(14)
+    base = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    texts = _Texts()
+    styles = [("S", 27, False, 3), ("Go?", 14, False, 1), ("SNA 82 \u00b1 2\u00b0", 20, True, 0),
+              ("Measurement", 11, False, 0), ("edge", 30, False, 2), ("Wj", 40, True, 0)]
+    for i, (text, px, bold, outline) in enumerate(styles):
+        for x, y in ((10 + 60 * i, 50 + 40 * i), (-5, 10), (480, 299), (250, 2), (600, 50)):
+            texts.add(x, y, text, tuple(int(v) for v in rng.integers(0, 256, 3)), px, bold=bold, outline=outline)
+    ours = texts.draw_on(base)
+    img = Image.fromarray(base)
+    draw = ImageDraw.Draw(img)
+    for lb in texts.labels:
+        draw.text((lb.x, lb.y), lb.text, fill=lb.colour, font=font(lb.px), anchor="ls",
+                  stroke_width=lb.outline or (1 if lb.bold else 0), stroke_fill=(0, 0, 0) if lb.outline else lb.colour)
+    assert np.array_equal(ours, np.asarray(img))
+    assert not np.array_equal(ours, base)
+
+
 def test_tracing_sheet_prints_degree_and_plus_minus_signs():
     from cephnode.dicom_io.tracing_sheet import clinical_text, font, value_text
     assert clinical_text("82 +- 2 deg") == "82 \u00b1 2\u00b0" and value_text(85.04, "deg") == "85.0\u00b0"
