@@ -35,7 +35,8 @@ _COLOURS = {
 
 
 class Segmentation(hd.seg.Segmentation):
-    """highdicom's Segmentation, same arguments and same dataset, with a cheaper overlap check.
+    """highdicom's Segmentation, same arguments and same dataset, with a cheaper overlap check
+    and bit packing (below).
 
     highdicom 0.28 decides Segments Overlap by summing a boolean (frames, rows, columns,
     segments) array over its segments, and numpy sums booleans into int64: about 25 ms of CPU
@@ -58,6 +59,20 @@ class Segmentation(hd.seg.Segmentation):
         overlap = hd.seg.SegmentsOverlapValues.YES if (counts > 1).any() else hd.seg.SegmentsOverlapValues.NO
         return pixel_array, overlap
 
+    def _encode_pixels_native(self, planes: np.ndarray) -> bytes:
+        """pydicom's pack_bits(planes, pad=False), as highdicom calls it for a binary SEG, with
+        one pass to check the values are 0 or 1 instead of two copies (pack_bits compares the
+        array with a boolean copy of itself, then packs a uint8 copy): ~10 ms on 7 segments of
+        a 2000 x 2500 source. Same bits (tests/test_report_seg_fast.py)."""
+        if self.BitsAllocated != 1 or planes.dtype not in (np.uint8, np.bool_) or planes.size == 0:
+            return super()._encode_pixels_native(planes)
+        flat = planes.ravel()
+        if flat.dtype == np.uint8 and flat.max() > 1:
+            raise ValueError("Only binary arrays (containing ones or zeroes) can be packed.")
+        if flat.size % 8:
+            flat = np.concatenate([flat, np.zeros(8 - flat.size % 8, flat.dtype)])
+        return np.packbits(flat, bitorder="little").tobytes()
+
 
 def band_width_px(result: InferenceResult) -> int:
     if result.pixel_spacing_mm is None:
@@ -70,7 +85,7 @@ def rasterise(structure: TracedStructure, shape: tuple[int, int], width: int) ->
     # cv2 draws with fixed-point sub-pixel coordinates (shift = 4 bits)
     pts = np.round(np.asarray(structure.points, dtype=np.float64) * 16).astype(np.int32).reshape(-1, 1, 2)
     cv2.polylines(mask, [pts], isClosed=False, color=1, thickness=width, lineType=cv2.LINE_8, shift=4)
-    return mask.astype(bool)
+    return mask.view(bool)          # the bytes are 0 and 1: a boolean view, no copy
 
 
 # The detector plane as the x-y plane of the SEG's own frame of reference, rows along +x and

@@ -95,3 +95,19 @@ def test_overlap_check_agrees_with_highdicom(layout):
     assert np.array_equal(ours[0], theirs[0]) and ours[0].dtype == theirs[0].dtype
     with pytest.raises(ValueError, match="number of segments"):      # highdicom's own checks still apply
         seg_module.Segmentation._check_and_cast_pixel_array(masks, np.array([1, 2]), *args[1:])
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 30), (2, 7, 9), (1, 1, 1), (3, 5, 8)])
+def test_bit_packing_agrees_with_pydicom(shape):
+    from types import SimpleNamespace
+
+    from pydicom.pixels.utils import pack_bits
+
+    rng = np.random.default_rng(sum(shape))
+    planes = rng.integers(0, 2, shape).astype(np.uint8)
+    seg = SimpleNamespace(BitsAllocated=1)
+    for array in (planes, planes.astype(bool)):
+        assert seg_module.Segmentation._encode_pixels_native(seg, array) == pack_bits(planes, pad=False)
+    planes[0, 0, 0] = 2
+    with pytest.raises(ValueError, match="binary"):
+        seg_module.Segmentation._encode_pixels_native(seg, planes)
