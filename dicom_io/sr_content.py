@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 from highdicom.sr import MeasurementReport, MeasurementsAndQualitativeEvaluations, TrackingIdentifier
+from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -60,18 +61,25 @@ _SOURCE = Code("260753009", "SCT", "Source")         # the SCOORD's name under a
 _MEASUREMENT_METHOD = dcm_codes.SCT.MeasurementMethod
 
 
+def _fixed(tag: BaseTag, vr: str, value) -> DataElement:
+    """An element whose value is one of this module's literals (a relationship, a value type...)
+    or a sequence: nothing for pydicom's value validation to find. The values that come from the
+    report (texts, UIDs, coordinates, numbers) are validated as usual."""
+    return DataElement(tag, vr, value, validation_mode=config.IGNORE)
+
+
 def _item(relationship: str, value_type: str, name: Dataset) -> Dataset:
     """A content item's common part: Relationship Type, Value Type, Concept Name."""
     ds = Dataset()
     d = ds._dict          # set in place: the tags and VRs are known, no keyword look-up needed
-    d[_RELATIONSHIP] = DataElement(_RELATIONSHIP, "CS", relationship)
-    d[_VALUE_TYPE] = DataElement(_VALUE_TYPE, "CS", value_type)
-    d[_CODE_SEQ] = DataElement(_CODE_SEQ, "SQ", Sequence([name]))
+    d[_RELATIONSHIP] = _fixed(_RELATIONSHIP, "CS", relationship)
+    d[_VALUE_TYPE] = _fixed(_VALUE_TYPE, "CS", value_type)
+    d[_CODE_SEQ] = _fixed(_CODE_SEQ, "SQ", Sequence([name]))
     return ds
 
 
 def _children(ds: Dataset, items: list) -> None:
-    ds._dict[_CONTENT_SEQ] = DataElement(_CONTENT_SEQ, "SQ", Sequence(items))
+    ds._dict[_CONTENT_SEQ] = _fixed(_CONTENT_SEQ, "SQ", Sequence(items))
 
 
 def _text(relationship: str, name: Dataset, text: str) -> Dataset:
@@ -82,14 +90,14 @@ def _text(relationship: str, name: Dataset, text: str) -> Dataset:
 
 def _code(relationship: str, name: Dataset, value: Dataset) -> Dataset:
     ds = _item(relationship, "CODE", name)
-    ds._dict[_CONCEPT_CODE_SEQ] = DataElement(_CONCEPT_CODE_SEQ, "SQ", Sequence([value]))
+    ds._dict[_CONCEPT_CODE_SEQ] = _fixed(_CONCEPT_CODE_SEQ, "SQ", Sequence([value]))
     return ds
 
 
 def _scoord(relationship: str, name: Dataset, graphic_type: str, graphic_data: np.ndarray, image: Dataset) -> Dataset:
     ds = _item(relationship, "SCOORD", name)
     d = ds._dict
-    d[_GRAPHIC_TYPE] = DataElement(_GRAPHIC_TYPE, "CS", graphic_type)
+    d[_GRAPHIC_TYPE] = _fixed(_GRAPHIC_TYPE, "CS", graphic_type)
     d[_GRAPHIC_DATA] = DataElement(_GRAPHIC_DATA, "FL", graphic_data.flatten().tolist())
     _children(ds, [image])
     return ds
@@ -98,9 +106,9 @@ def _scoord(relationship: str, name: Dataset, graphic_type: str, graphic_data: n
 def _container(relationship: str, name: Dataset, template: Dataset | None = None) -> Dataset:
     ds = _item(relationship, "CONTAINER", name)
     d = ds._dict
-    d[_CONTINUITY] = DataElement(_CONTINUITY, "CS", "CONTINUOUS")
+    d[_CONTINUITY] = _fixed(_CONTINUITY, "CS", "CONTINUOUS")
     if template is not None:
-        d[_TEMPLATE_SEQ] = DataElement(_TEMPLATE_SEQ, "SQ", Sequence([template]))
+        d[_TEMPLATE_SEQ] = _fixed(_TEMPLATE_SEQ, "SQ", Sequence([template]))
     return ds
 
 
@@ -121,10 +129,10 @@ def _num(parts, name, value: float, unit, children: list) -> Dataset:
     ds = _item("CONTAINS", "NUM", name)
     measured = Dataset()
     m = measured._dict
-    m[_UNITS_SEQ] = DataElement(_UNITS_SEQ, "SQ", Sequence([unit]))
+    m[_UNITS_SEQ] = _fixed(_UNITS_SEQ, "SQ", Sequence([unit]))
     m[_NUMERIC_VALUE] = DataElement(_NUMERIC_VALUE, "DS", DS(value, auto_format=True))
     m[_FLOAT_VALUE] = DataElement(_FLOAT_VALUE, "FD", value)
-    ds._dict[_MEASURED_VALUE_SEQ] = DataElement(_MEASURED_VALUE_SEQ, "SQ", Sequence([measured]))
+    ds._dict[_MEASURED_VALUE_SEQ] = _fixed(_MEASURED_VALUE_SEQ, "SQ", Sequence([measured]))
     _children(ds, children)
     return ds
 

@@ -153,7 +153,7 @@ def _draw_radiograph(grey: np.ndarray, result: InferenceResult, scale: float) ->
     h, w = grey.shape
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     img = cv2.resize((grey * 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
-    rgb = np.repeat(img[:, :, None], 3, axis=2).copy()
+    rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)          # the grey copied to R, G and B
     t = max(1, round(size[1] / 700))
 
     def pts(points) -> np.ndarray:
