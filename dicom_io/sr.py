@@ -30,6 +30,11 @@ goes where the group's (TextPosition, 99CS3D) POINT says (dicom_io.sr_labels).
 
 SCOORD convention: DICOM puts (0, 0) at the top-left CORNER of the first pixel, landmarks are
 in pixel-centre coordinates, so every coordinate is written as (x + 0.5, y + 0.5).
+
+This module decides what the report says and in which order; the content items themselves are
+made by `CONTENT` (dicom_io.sr_content: plain pydicom datasets, fast), whose twin
+dicom_io.sr_templates makes the very same items with highdicom's template classes (the
+reference the tests compare every report with).
 """
 from __future__ import annotations
 
@@ -89,10 +94,10 @@ class _Parts:
     """Content that many items of one report repeat, built once per report and shared.
 
     The report's groups repeat the same few dozen codes and the same source-image reference
-    hundreds of times. highdicom deep-copies and re-reads the whole content tree when it makes
-    the SR, and a deep copy copies a shared object once, so sharing them (instead of having
-    highdicom make a fresh CodedConcept from each pydicom Code) halves that work. The values
-    written are the same. Per report, never module-wide: nothing is shared between two SRs.
+    hundreds of times: each is made once (a CodedConcept by highdicom, the IMAGE item by
+    highdicom) and put in every item that names it, as highdicom itself shares the algorithm
+    identification between groups. The values written are the same. Per report, never
+    module-wide: nothing is shared between two SRs.
     """
 
     def __init__(self, source: Dataset) -> None:
