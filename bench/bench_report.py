@@ -1,6 +1,6 @@
 """How long building the returned DICOM objects takes on this machine; prints JSON.
 
-    .venv/bin/python bench/bench_report.py [--runs 7] [--case 001] [--sizes isbi,large]
+    nice -n 15 .venv/bin/python bench/bench_report.py [--runs 7] [--case 001] [--sizes isbi,large]
 
 The source is a DX built from a real ISBI image (tests.support.dicomgen.make_dx) and the
 landmarks are that image's real senior annotation (as tests/support/report_cases.py does):
@@ -8,9 +8,11 @@ landmarks are that image's real senior annotation (as tests/support/report_cases
   large  the image resized to 2000 x 2500 and stored 16-bit (landmarks scaled with it).
 For each size: p50 / p95 wall milliseconds ("ms") of the analysis (cephalometry.analysis.analyse)
 and of each kind's builder (sr, seg, gsps, sc), called as dicom_io.outputs.build_outputs calls
-them, plus build_outputs for all four kinds end to end, 'node_job_objects' (what a node's worker does per
+them (the sc decoding the source itself, as `cephnode report` does; 'sc_given_image': from the
+image already decoded, as the node builds it), plus build_outputs for all four kinds end to end, 'node_job_objects' (what a node's worker does per
 job: node.result_objects.build_result_objects for all four kinds with the source already decoded,
-each written to bytes; issue 14's target is 150 ms), and '<kind>_encode': writing the built
+each written to bytes; issue 14's target is 150 ms; 'node_job_objects_no_sc': the same for
+SR, SEG and GSPS, for a destination without the tracing sheet), and '<kind>_encode': writing the built
 object to bytes with dicom_io.encode.file_bytes, as the node does next. "cpu_ms" is the same in CPU time of this process
 (time.process_time, all its threads): on a loaded shared host wall time waits for a core,
 CPU time much less so. Each run reads the source back from a file and decodes its
@@ -81,7 +83,7 @@ def bench_size(path: Path, result, runs: int) -> dict:
     from cephnode.cephalometry.analysis import analyse
     from cephnode.dicom_io.encode import file_bytes
     from cephnode.dicom_io.outputs import build_output, build_outputs
-    from cephnode.domain.outputs import ALL_OUTPUT_KINDS
+    from cephnode.domain.outputs import ALL_OUTPUT_KINDS, OutputKind
     from cephnode.dicom_io.pixels import read_dicom_image
 
     def node_source():
@@ -116,12 +118,21 @@ def bench_size(path: Path, result, runs: int) -> dict:
                 timed(row, cpu_row, f"{kind}_encode", lambda: file_bytes(built))   # as the node writes it
         source = pydicom.dcmread(path)
         image = read_dicom_image(source)
+        # the sheet as the node builds it: from the image it decoded for inference
+        timed(row, cpu_row, "sc_given_image", lambda: build_output(
+            OutputKind.SC, source, result, analysis, pack_name=PACK_NAME, pack_version=PACK_VERSION, image=image))
 
         def node_job():
             built = build_result_objects(source, result, kinds=ALL_OUTPUT_KINDS, pack=pack, image=image)
             return [file_bytes(ds) for ds in built.objects.values()]
 
         timed(row, cpu_row, "node_job_objects", node_job)
+
+        def node_job_no_sc():
+            built = build_result_objects(source, result, kinds=(OutputKind.SR, OutputKind.SEG, OutputKind.GSPS), pack=pack, image=image)
+            return [file_bytes(ds) for ds in built.objects.values()]
+
+        timed(row, cpu_row, "node_job_objects_no_sc", node_job_no_sc)
         source = node_source()
         timed(row, cpu_row, "build_outputs_all",
               lambda: build_outputs(source, result, pack_name=PACK_NAME, pack_version=PACK_VERSION))

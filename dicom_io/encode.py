@@ -27,12 +27,14 @@ from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import dcmwrite, write_data_element
+from pydicom.filewriter import correct_ambiguous_vr_element, dcmwrite, write_data_element
+from pydicom.valuerep import AMBIGUOUS_VR
 
 _ITEM = struct.Struct("<HHI")
 _SQ_HEADER = struct.Struct("<HH2sHI")  # tag, VR, reserved, 4-byte length
 _MEMO_LIMIT = 200_000                 # remembered leaf elements per process (a few MB)
 _memo: dict[tuple, bytes] = {}
+_CHARSET = 0x00080005                 # Specific Character Set
 
 
 class _Unsupported(Exception):
@@ -61,7 +63,13 @@ def _fast(ds: Dataset) -> bytes:
     shallow = Dataset()
     for tag in ds.keys():
         elem = ds.get_item(tag)
-        if isinstance(elem, RawDataElement) or len(elem.VR or "") != 2:
+        if isinstance(elem, RawDataElement):
+            raise _Unsupported
+        if elem.VR in AMBIGUOUS_VR:
+            # a top-level element such as a SEG's Pixel Data ("OB or OW"): resolved in place by
+            # pydicom's own rule from the dataset, as save_as does
+            elem = correct_ambiguous_vr_element(elem, ds, True)
+        if len(elem.VR or "") != 2:
             raise _Unsupported
         if elem.VR == "SQ":
             if elem.is_undefined_length:
@@ -79,50 +87,55 @@ def _fast(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
-def _items(items: Any, encodings: Any) -> bytes:
+def _items(items: Any, encodings: Any, memo_key: Any = None) -> bytes:
+    if memo_key is None:
+        memo_key = tuple(encodings) if isinstance(encodings, list) else encodings
     parts: list[bytes] = []
     for item in items:
         if getattr(item, "is_undefined_length_sequence_item", False):
             raise _Unsupported
-        body = _dataset(item, encodings)
+        body = _dataset(item, encodings, memo_key)
         parts.append(_ITEM.pack(0xFFFE, 0xE000, len(body)))
         parts.append(body)
     return b"".join(parts)
 
 
-def _dataset(ds: Dataset, parent_encodings: Any) -> bytes:
-    encodings = ds.get("SpecificCharacterSet", parent_encodings)
-    if encodings is not parent_encodings:
+def _tag_order(pair: tuple) -> int:
+    return int(pair[0])              # (a plain int sorts without BaseTag's Python-level comparisons)
+
+
+def _dataset(ds: Dataset, encodings: Any, memo_key: Any) -> bytes:
+    elements = ds._dict                         # read directly: the walk visits every element once
+    if _CHARSET in elements:
         raise _Unsupported                       # an item with its own character set
     parts: list[bytes] = []
-    for tag in sorted(ds.keys()):
-        if tag.element == 0 and tag.group > 6:   # retired group length: pydicom leaves it out
+    for tag, elem in sorted(elements.items(), key=_tag_order):
+        if not tag & 0xFFFF and tag >> 16 > 6:   # retired group length: pydicom leaves it out
             continue
-        elem = ds.get_item(tag)
         if isinstance(elem, RawDataElement):
             raise _Unsupported
         vr = elem.VR
         if vr == "SQ":
             if elem.is_undefined_length:
                 raise _Unsupported
-            body = _items(elem.value, encodings)
-            parts.append(_SQ_HEADER.pack(tag.group, tag.element, b"SQ", 0, len(body)))
+            body = _items(elem.value, encodings, memo_key)
+            parts.append(_SQ_HEADER.pack(tag >> 16, tag & 0xFFFF, b"SQ", 0, len(body)))
             parts.append(body)
         else:
-            parts.append(_leaf(elem, encodings))
+            parts.append(_leaf(elem, vr, encodings, memo_key))
     return b"".join(parts)
 
 
-def _leaf(elem: DataElement, encodings: Any) -> bytes:
+def _leaf(elem: DataElement, vr: str, encodings: Any, memo_key: Any) -> bytes:
     value = elem.value
     kind = type(value)
     key = None
     if kind is str or kind is int or kind is float:       # exact types: a DSfloat keeps its own text
-        key = (elem.tag, elem.VR, kind, value, tuple(encodings) if isinstance(encodings, list) else encodings)
+        key = (elem.tag, vr, kind, value, memo_key)
         hit = _memo.get(key)
         if hit is not None:
             return hit
-    if len(elem.VR or "") != 2:
+    if len(vr or "") != 2:
         raise _Unsupported
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
@@ -133,4 +146,3 @@ def _leaf(elem: DataElement, encodings: Any) -> bytes:
             _memo.clear()
         _memo[key] = data
     return data
-

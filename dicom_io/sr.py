@@ -30,6 +30,11 @@ goes where the group's (TextPosition, 99CS3D) POINT says (dicom_io.sr_labels).
 
 SCOORD convention: DICOM puts (0, 0) at the top-left CORNER of the first pixel, landmarks are
 in pixel-centre coordinates, so every coordinate is written as (x + 0.5, y + 0.5).
+
+This module decides what the report says and in which order; the content items themselves are
+made by `CONTENT` (dicom_io.sr_content: plain pydicom datasets, fast), whose twin
+dicom_io.sr_templates makes the very same items with highdicom's template classes (the
+reference the tests compare every report with).
 """
 from __future__ import annotations
 
@@ -37,11 +42,7 @@ import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
     CodedConcept,
-    CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
-    GraphicTypeValues,
-    Measurement,
-    MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
@@ -49,20 +50,12 @@ from highdicom.sr import (
     SourceImageForRegion,
     TrackingIdentifier,
 )
-from highdicom.sr.value_types import (
-    CodeContentItem,
-    ContainerContentItem,
-    ContentItem,
-    RelationshipTypeValues,
-    ScoordContentItem,
-    TextContentItem,
-)
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 
 from cephnode.cephalometry.analysis import Analysis
 from cephnode.cephalometry.analysis import Measurement as CephMeasurement
-from cephnode.dicom_io import codes, qc_content
+from cephnode.dicom_io import codes, qc_content, sr_content
 from cephnode.dicom_io.equipment import MANUFACTURER
 from cephnode.dicom_io.sr_fast import ComprehensiveSR, SharedConcept   # highdicom's, faster (see there)
 from cephnode.dicom_io.sr_labels import label_positions
@@ -72,6 +65,11 @@ from cephnode.domain.flags import Caveat
 from cephnode.domain.result import InferenceResult, Landmark
 
 PIXEL_CORNER_OFFSET = 0.5
+
+# Who makes the content items: sr_content writes them as plain pydicom datasets (fast);
+# sr_templates makes the very same items with highdicom's classes, the reference the tests build
+# every report against (tests/test_report_sr_fast.py).
+CONTENT = sr_content
 
 # How OHIF's SR reader (@cornerstonejs/adapters, Cornerstone3D MeasurementReport) recognises a
 # group it can turn back into one of its measurement tools: a Tracking Identifier that starts
@@ -96,15 +94,16 @@ class _Parts:
     """Content that many items of one report repeat, built once per report and shared.
 
     The report's groups repeat the same few dozen codes and the same source-image reference
-    hundreds of times. highdicom deep-copies and re-reads the whole content tree when it makes
-    the SR, and a deep copy copies a shared object once, so sharing them (instead of having
-    highdicom make a fresh CodedConcept from each pydicom Code) halves that work. The values
-    written are the same. Per report, never module-wide: nothing is shared between two SRs.
+    hundreds of times: each is made once (a CodedConcept by highdicom, the IMAGE item by
+    highdicom) and put in every item that names it, as highdicom itself shares the algorithm
+    identification between groups. The values written are the same. Per report, never
+    module-wide: nothing is shared between two SRs.
     """
 
     def __init__(self, source: Dataset) -> None:
         self._concepts: dict[tuple, CodedConcept] = {}
         self.source_image = SourceImageForRegion.from_source_image(source)
+        self.shared: dict = {}          # further items sr_content shares within the report
 
     def concept(self, code) -> CodedConcept:
         # Keyed on every field: pydicom's Code compares value and scheme only, not the meaning.
@@ -159,59 +158,34 @@ def landmark_label(lm: Landmark) -> str:
     return lm.name
 
 
-def _comment(text: str) -> TextContentItem:
-    return TextContentItem(name=codes.COMMENT, value=text, relationship_type=RelationshipTypeValues.CONTAINS)
-
-
-def _text_position(at, parts: _Parts) -> ScoordContentItem:
-    """Where a tracking viewer writes the group's label (dicom_io.sr_labels): cornerstone's
-    (TextPosition, 99CS3D) POINT, SELECTED FROM the source image like every SCOORD of TID 1501."""
-    item = ScoordContentItem(name=parts.concept(codes.TEXT_POSITION), graphic_type=GraphicTypeValues.POINT,
-                             graphic_data=np.asarray(at, dtype=float).reshape(1, 2),
-                             relationship_type=RelationshipTypeValues.CONTAINS)
-    item.ContentSequence = [parts.source_image]
-    return item
-
-
-def _landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo, label_at=None) -> MeasurementsAndQualitativeEvaluations:
-    point = CoordinatesForMeasurement(
-        graphic_type=GraphicTypeValues.POINT,
-        graphic_data=scoord([(lm.x, lm.y)]),
-        source_image=parts.source_image,
-    )
-    group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=track_uid,
-                                               identifier=tracking_identifier(ARROW_ANNOTATE, f"Landmark {lm.name}")),
-        finding_type=parts.concept(codes.LANDMARKS[lm.name]),
-        algorithm_id=algo,
-        measurements=[Measurement(name=parts.concept(codes.LANDMARK_CONFIDENCE), value=float(lm.confidence),
-                                  unit=parts.concept(codes.UNITS["1"]), referenced_coordinates=[point])],
-        qualitative_evaluations=[
-            parts.evaluation(codes.LANDMARK_CONFIDENCE_LEVEL, codes.CONFIDENCE_LEVELS[lm.level]),
-            parts.evaluation(codes.LANDMARK_SOURCE, codes.LANDMARK_SOURCES[_landmark_source(lm)]),
-        ],
-    )
-    group[0].ContentSequence.append(_comment(landmark_label(lm)))
+def _landmark_group(lm: Landmark, parts: _Parts, track_uid: str, algo, label_at=None):
+    """TID 1501: the detection confidence INFERRED FROM the landmark's POINT, the landmark as the
+    Finding, its confidence level and source as evaluations, a Comment naming it and where a
+    tracking viewer writes that name."""
+    extra = [CONTENT.comment(parts, landmark_label(lm))]
     if label_at is not None:
-        group[0].ContentSequence.append(_text_position(label_at, parts))
-    return group
+        extra.append(CONTENT.text_position(parts, label_at))
+    return CONTENT.group(
+        parts, track_uid=track_uid, identifier=tracking_identifier(ARROW_ANNOTATE, f"Landmark {lm.name}"),
+        finding=parts.concept(codes.LANDMARKS[lm.name]), algo=algo,
+        name=parts.concept(codes.LANDMARK_CONFIDENCE), value=float(lm.confidence), unit=parts.concept(codes.UNITS["1"]),
+        method=None, graphic_type="POINT", graphic_data=scoord([(lm.x, lm.y)]),
+        evaluations=[
+            (parts.concept(codes.LANDMARK_CONFIDENCE_LEVEL), parts.concept(codes.CONFIDENCE_LEVELS[lm.level])),
+            (parts.concept(codes.LANDMARK_SOURCE), parts.concept(codes.LANDMARK_SOURCES[_landmark_source(lm)])),
+        ],
+        extra=extra,
+    )
 
 
-def _evaluation_item(name, value, parts: _Parts, *, modifiers=()) -> CodeContentItem:
+def _evaluation_item(name, value, parts: _Parts, *, modifiers=()):
     """A CODE item of the report-level Qualitative Evaluations; `modifiers` (name, value) pairs
     qualify it (HAS CONCEPT MOD), e.g. the caveats of a measurement that was left out."""
-    item = CodeContentItem(name=parts.concept(name), value=parts.concept(value),
-                           relationship_type=RelationshipTypeValues.CONTAINS)
-    if modifiers:
-        item.ContentSequence = [
-            CodeContentItem(name=parts.concept(n), value=parts.concept(v),
-                            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD)
-            for n, v in modifiers
-        ]
-    return item
+    return CONTENT.code_item(parts, parts.concept(name), parts.concept(value),
+                             modifiers=[(parts.concept(n), parts.concept(v)) for n, v in modifiers])
 
 
-def _unavailable_landmarks(result: InferenceResult, parts: _Parts) -> list[ContentItem]:
+def _unavailable_landmarks(result: InferenceResult, parts: _Parts) -> list:
     return [_evaluation_item(codes.LANDMARKS[lm.name], codes.LANDMARK_SOURCES["unavailable"], parts)
             for lm in result.landmarks if not lm.available]
 
@@ -225,7 +199,7 @@ def _not_computed_status(m: CephMeasurement):
     return codes.NOT_COMPUTED_DEGENERATE
 
 
-def _omitted_measurements(analysis: Analysis, parts: _Parts) -> list[ContentItem]:
+def _omitted_measurements(analysis: Analysis, parts: _Parts) -> list:
     return [
         _evaluation_item(codes.measurement_code(m.key, m.name), _not_computed_status(m), parts,
                          modifiers=[(codes.CAVEAT, codes.caveat_code(f)) for f in m.flags])
@@ -233,17 +207,17 @@ def _omitted_measurements(analysis: Analysis, parts: _Parts) -> list[ContentItem
     ]
 
 
-def _classifications(analysis: Analysis, parts: _Parts) -> list[ContentItem]:
+def _classifications(analysis: Analysis, parts: _Parts) -> list:
     return [_evaluation_item(codes.CLASSIFICATIONS[c.key], codes.CATEGORIES[c.category], parts)
             for c in analysis.classifications]
 
 
-def _tracing_status(result: InferenceResult, parts: _Parts) -> list[ContentItem]:
+def _tracing_status(result: InferenceResult, parts: _Parts) -> list:
     """Whether Stage 0 worked: a degraded tracing deserves a closer look by the reader."""
     return [_evaluation_item(codes.TRACING_STATUS, codes.TRACING_STATUSES[bool(result.degraded)], parts)]
 
 
-def _quality_control(result: InferenceResult, parts: _Parts) -> list[ContentItem]:
+def _quality_control(result: InferenceResult, parts: _Parts) -> list:
     """The quality gate's verdict, qualified by its reasons and the doubtful landmarks."""
     found = qc_content.sr_evaluation(result)
     if found is None:
@@ -252,16 +226,16 @@ def _quality_control(result: InferenceResult, parts: _Parts) -> list[ContentItem
     return [_evaluation_item(name, value, parts, modifiers=modifiers)]
 
 
-def _normality(m: CephMeasurement, parts: _Parts) -> list[QualitativeEvaluation]:
+def _normality(m: CephMeasurement, parts: _Parts) -> list[tuple]:
     """Where the value lies against the norm, as a coded evaluation. (TID 310 measurement properties
     would carry the norm's numbers, but pixelmed's TID 300 does not accept them, so the norm
     itself is in the tracing sheet and the GSPS text.)"""
     code = codes.NORMALITY.get(m.status)
-    return [parts.evaluation(codes.NORMALITY_CONCEPT, code)] if code is not None else []
+    return [(parts.concept(codes.NORMALITY_CONCEPT), parts.concept(code))] if code is not None else []
 
 
 def _measurement_group(m: CephMeasurement, parts: _Parts, track_uid: str, algo,
-                       drawing: Drawing | None = None, label_at=None) -> MeasurementsAndQualitativeEvaluations:
+                       drawing: Drawing | None = None, label_at=None):
     """A computed measurement (value not None); left-out ones go to _omitted_measurements.
     `drawing`: where and as which OHIF tool its lines are drawn (dicom_io.sr_layout), else the
     analysis's own polyline, no tool; `label_at`: where a tracking viewer writes its value
@@ -269,36 +243,23 @@ def _measurement_group(m: CephMeasurement, parts: _Parts, track_uid: str, algo,
     tracked measurement under its finding's meaning. (A Comment would name it as well, but OHIF
     also writes every Comment as a line of the untracked drawing's label, doubling each label.)"""
     code = parts.concept(codes.measurement_code(m.key, m.name))
-    caveats = [parts.evaluation(codes.CAVEAT, codes.caveat_code(f)) for f in m.flags]
+    caveats = [(parts.concept(codes.CAVEAT), parts.concept(codes.caveat_code(f))) for f in m.flags]
     tool = None if drawing is None else drawing.tool
-    tracking = TrackingIdentifier(uid=track_uid, identifier=tracking_identifier(tool, f"{m.analysis} {m.name}", m.name))
-    line = CoordinatesForMeasurement(
-        graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=scoord(m.polyline if drawing is None else drawing.points),
-        source_image=parts.source_image,
-    )
     # The analysis (Steiner, Downs...) is the measurement's method: a TID 300 concept modifier.
-    num = Measurement(name=code, value=float(m.value), unit=parts.concept(codes.UNITS[m.unit]),
-                      method=parts.concept(codes.ANALYSES[m.analysis]), referenced_coordinates=[line])
-    group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking, finding_type=code,
-        algorithm_id=algo, measurements=[num], qualitative_evaluations=[*_normality(m, parts), *caveats] or None,
+    return CONTENT.group(
+        parts, track_uid=track_uid, identifier=tracking_identifier(tool, f"{m.analysis} {m.name}", m.name),
+        finding=code, algo=algo, name=code, value=float(m.value), unit=parts.concept(codes.UNITS[m.unit]),
+        method=parts.concept(codes.ANALYSES[m.analysis]), graphic_type="POLYLINE",
+        graphic_data=scoord(m.polyline if drawing is None else drawing.points),
+        evaluations=[*_normality(m, parts), *caveats],
+        extra=[] if label_at is None else [CONTENT.text_position(parts, label_at)],
     )
-    if label_at is not None:
-        group[0].ContentSequence.append(_text_position(label_at, parts))
-    return group
 
 
 def _has_geometry(group) -> bool:
     def walk(items) -> bool:
         return any(it.ValueType in ("SCOORD", "SCOORD3D") or walk(it.get("ContentSequence", [])) for it in items)
     return walk(group[0].ContentSequence)
-
-
-def _qualitative_evaluations(items: list[ContentItem]) -> ContainerContentItem:
-    container = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS)
-    container.ContentSequence = items
-    return container
 
 
 def build_sr(
@@ -334,7 +295,7 @@ def build_sr(
     # the whole report (a quality gate, say) is one more list of CODE items here.
     if qc_content.failed(result):
         # A tracing the quality gate failed is withheld: the verdict and its reasons, no values.
-        evaluations: list[ContentItem] = [*_tracing_status(result, parts), *_quality_control(result, parts)]
+        evaluations: list = [*_tracing_status(result, parts), *_quality_control(result, parts)]
     else:
         evaluations = [
             *_unavailable_landmarks(result, parts),
@@ -362,22 +323,17 @@ def build_sr(
             uid=uid("sr-device"), name="cephnode", manufacturer_name=MANUFACTURER, model_name=pack_name[:64],
         ),
     )
-    report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.PROCEDURE,
-        imaging_measurements=groups,
-        referenced_images=[_library_view(source)],
-    )
     # TID 1500 puts Qualitative Evaluations after Imaging Measurements; highdicom 0.28 builds
-    # no such container, so it is appended to the root here.
-    if placeholder:
-        report[0].ContentSequence = [
-            it for it in report[0].ContentSequence
-            if it.ConceptNameCodeSequence[0].CodeValue != dcm_codes.DCM.ImagingMeasurements.value]
-    report[0].ContentSequence.append(_qualitative_evaluations(evaluations))
+    # no such container, so it is appended to the root (sr_templates.report).
+    root = CONTENT.report(
+        parts, observation_context=ObservationContext(observer_device_context=observer),
+        procedure=codes.PROCEDURE, groups=groups, library=[_library_view(source)],
+        evaluations=CONTENT.container(parts, codes.QUALITATIVE_EVALUATIONS, evaluations),
+        drop_measurements=placeholder,
+    )
     sr = ComprehensiveSR(
         evidence=[source],
-        content=report[0],
+        content=root,
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,

@@ -8,12 +8,13 @@ out with the reason). No patient identifiers are drawn: Burned In Annotation fol
 Text is set in Aileron Regular, the font embedded in Pillow (ImageFont.load_default; font CC0,
 Pillow MIT-CMU), so degrees and plus-minus print as such on any machine without a system font.
 The sheet joins the source's study in its own series, says what it was derived from (Source
-Image Sequence, Derivation Description) and is stored JPEG 2000 lossless with the reversible
-JPEG-LS lossless (CharLS via pyjpegls, MIT/BSD-3), RGB, colour-by-pixel: a 2640 x 1600 sheet (from
-a 2000 x 2500 source) is about 2.1 MB instead of 12.7 MB of raw RGB and encodes in about 130 ms
-of CPU. Issue 14 measured the alternatives on that sheet: JPEG 2000 lossless with the reversible
-colour transform is half the size (1.1 MB) but takes 270 ms, RLE 140 ms and 6.4 MB. Orthanc
-(DCMTK's JPEG-LS codec) and OHIF (cornerstone's CharLS decoder) both decode JPEG-LS.
+Image Sequence, Derivation Description) and is stored JPEG baseline, RGB samples as drawn, labelled
+lossy (Lossy Image Compression 01, ratio, method ISO_10918_1): a 2640 x 1600 sheet (from a 2000 x
+2500 source) is about 1.6 MB instead of 12.7 MB of raw RGB and encodes in about 21 ms of CPU.
+Why lossy (issue 14, docs/report.md): the sheet is a picture for reading, drawn from a downscaled
+copy of the radiograph that stays untouched in the archive; JPEG-LS lossless took 130 ms of CPU
+(2.1 MB), a third of the node's whole per-job budget for the objects. Orthanc (DCMTK) and OHIF
+(cornerstone's libjpeg-turbo) decode it; DCMTK and pydicom decode it to the same pixels.
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEGLSLossless
+from pydicom.encaps import encapsulate
+from pydicom.multival import MultiValue
+from pydicom.uid import JPEGBaseline8Bit
 
 from cephnode.cephalometry.analysis import Analysis, Measurement
 from cephnode.cephalometry.tracing import reference_lines, traced_structures
@@ -83,7 +86,12 @@ class _Label:
 
 
 class _Texts:
-    """Text is laid over the cv2 drawing in one Pillow pass (cv2 has only ASCII Hershey fonts)."""
+    """Text is laid over the cv2 drawing in one pass (cv2 has only ASCII Hershey fonts).
+
+    Each text is rendered by Pillow once per process (its coverage mask; _text_mask) and
+    blended in with Pillow's own arithmetic, so the pixels are those ImageDraw.text draws
+    (tests/test_report_objects.py compares them); most texts repeat from sheet to sheet (names,
+    norms, headings, the legend), and rendering them was half the sheet's drawing (issue 14)."""
 
     def __init__(self) -> None:
         self.labels: list[_Label] = []
@@ -92,13 +100,45 @@ class _Texts:
         self.labels.append(_Label(*args, **kwargs))
 
     def draw_on(self, rgb: np.ndarray) -> np.ndarray:
-        img = Image.fromarray(rgb)
-        draw = ImageDraw.Draw(img)
+        out = np.array(rgb, dtype=np.uint8, copy=True)
         for lb in self.labels:
-            stroke = lb.outline or (1 if lb.bold else 0)
-            draw.text((lb.x, lb.y), lb.text, fill=lb.colour, font=font(lb.px), anchor="ls",
-                      stroke_width=stroke, stroke_fill=(0, 0, 0) if lb.outline else lb.colour)
-        return np.asarray(img)
+            if lb.outline:                       # a dark halo, then the text in its colour
+                _blend(out, lb.x, lb.y, _text_mask(lb.text, lb.px, lb.outline), (0, 0, 0))
+                _blend(out, lb.x, lb.y, _text_mask(lb.text, lb.px, 0), lb.colour)
+            else:                                # bold: the text widened by a stroke of its own colour
+                _blend(out, lb.x, lb.y, _text_mask(lb.text, lb.px, 1 if lb.bold else 0), lb.colour)
+        return out
+
+
+@lru_cache(maxsize=4096)
+def _text_mask(text: str, px: int, stroke: int) -> tuple[np.ndarray, int, int]:
+    """(coverage 0..255, dx, dy): `text` as ImageDraw.text draws it with its baseline's left end
+    ("ls") at the origin, stroked `stroke` px; the mask's top-left pixel lies at (dx, dy)."""
+    f = font(px)
+    x0, y0, x1, y1 = f.getbbox(text, anchor="ls", stroke_width=stroke)
+    pad = 2 + stroke
+    dx, dy = int(np.floor(x0)) - pad, int(np.floor(y0)) - pad
+    img = Image.new("L", (int(np.ceil(x1)) - dx + pad, int(np.ceil(y1)) - dy + pad), 0)
+    ImageDraw.Draw(img).text((-dx, -dy), text, fill=255, font=f, anchor="ls", stroke_width=stroke, stroke_fill=255)
+    mask = np.asarray(img)
+    mask.setflags(write=False)
+    return mask, dx, dy
+
+
+def _blend(out: np.ndarray, x: int, y: int, found: tuple[np.ndarray, int, int], colour) -> None:
+    """Pillow's draw_bitmap for an L mask on an RGB image: (in * (255 - m) + ink * m) / 255,
+    rounded as Pillow rounds; clipped to the image."""
+    mask, dx, dy = found
+    top, left = y + dy, x + dx
+    h, w = out.shape[:2]
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + mask.shape[0], h), min(left + mask.shape[1], w)
+    if r0 >= r1 or c0 >= c1:
+        return
+    m = mask[r0 - top:r1 - top, c0 - left:c1 - left].astype(np.uint32)[:, :, None]
+    region = out[r0:r1, c0:c1]
+    t = region * (255 - m) + np.asarray(colour, np.uint32) * m + 128
+    region[...] = (((t >> 8) + t) >> 8).astype(np.uint8)
 
 
 def _row_colour(m: Measurement) -> tuple[int, int, int]:
@@ -113,7 +153,7 @@ def _draw_radiograph(grey: np.ndarray, result: InferenceResult, scale: float) ->
     h, w = grey.shape
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     img = cv2.resize((grey * 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
-    rgb = np.repeat(img[:, :, None], 3, axis=2).copy()
+    rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)          # the grey copied to R, G and B
     t = max(1, round(size[1] / 700))
 
     def pts(points) -> np.ndarray:
@@ -307,7 +347,7 @@ def build_tracing_sheet(
     sc.BurnedInAnnotation = "YES" if str(source.get("BurnedInAnnotation", "")).upper() == "YES" else "NO"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     _reference_source(sc, source)
-    return compress(sc, sheet)
+    return compress(sc, sheet, source)
 
 
 # DCM 121322: the source image was input to an image processing operation (here the tracing).
@@ -327,18 +367,54 @@ def _reference_source(sc: Dataset, source: Dataset) -> None:
                                 "(downscaled) beside the analysis table; not for diagnosis alone")
 
 
-# Two threads encoding at once crashed the process with the earlier JPEG 2000 encoder (SIGSEGV
-# in pylibjpeg-openjpeg, seen with workers = 2); encodes still take turns, which costs nothing
-# now that each worker is a process of its own.
+# The sheet's JPEG: quality 90, RGB kept as RGB (no colour transform, so no chroma subsampling;
+# Photometric Interpretation RGB, PS3.5 8.2.1). On the 2640 x 1600 sheet of a 2000 x 2500 source
+# (issue 14, docs/report.md): PSNR 47.5 dB, largest error 18 of 255 (at the edges of text), 1.6
+# MB, 21 ms of CPU. YCbCr with 4:2:0 or 4:2:2 subsampling is smaller but smears the coloured
+# lines and text (errors up to 169); YCbCr without subsampling (YBR_FULL) is not accepted for a
+# Secondary Capture by dciodvfy.
+JPEG_QUALITY = 90
+JPEG_METHOD = "ISO_10918_1"          # Lossy Image Compression Method: JPEG lossy (PS3.3 C.7.6.1.1.5.1)
+
+# Encodes take turns: Pillow's encoder is thread-safe, but two workers' threads gain nothing from
+# encoding at once (each worker is a process of its own); the lock dates from a JPEG 2000 encoder
+# that crashed when two threads encoded at once (SIGSEGV in pylibjpeg-openjpeg).
 _ENCODER_LOCK = threading.Lock()
 
 
-def compress(sc: Dataset, sheet: np.ndarray) -> Dataset:
-    """JPEG-LS lossless (PS3.5 A.4.3), RGB with colour-by-pixel planar configuration: the
-    pixels decode to exactly what was drawn."""
+def compress(sc: Dataset, sheet: np.ndarray, source: Dataset | None = None) -> Dataset:
+    """JPEG baseline (PS3.5 A.4.1, 1.2.840.10008.1.2.4.50) of the RGB samples as they are
+    (Photometric Interpretation RGB, colour-by-pixel), labelled lossy as PS3.3 C.7.6.1.1.5 asks: Lossy Image Compression 01, with the
+    ratio and the method appended to the source's own history when the source was lossy too.
+
+    Lossy because the sheet is a picture for reading, drawn from a downscaled copy of the
+    radiograph, and the radiograph itself stays untouched in the archive; JPEG-LS lossless cost
+    130 ms of CPU per job for 2.1 MB, this 21 ms for 1.6 MB (docs/report.md)."""
+    from io import BytesIO
+
+    buf = BytesIO()
+    with _ENCODER_LOCK:
+        Image.fromarray(np.ascontiguousarray(sheet), mode="RGB").save(buf, format="JPEG", quality=JPEG_QUALITY,
+                                                                     subsampling=0, keep_rgb=True)
+    frame = buf.getvalue()
+    sc.PixelData = encapsulate([frame])
+    sc["PixelData"].VR = "OB"
+    sc["PixelData"].is_undefined_length = True
+    sc.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     sc.PhotometricInterpretation = "RGB"
     sc.PlanarConfiguration = 0
-    with _ENCODER_LOCK:
-        sc.compress(JPEGLSLossless, np.ascontiguousarray(sheet), encoding_plugin="pyjpegls",
-                    generate_instance_uid=False)  # the UID is derived: a retry makes the same instance
+    ratios, methods = [], []
+    if source is not None and str(source.get("LossyImageCompression", "")) == "01":
+        ratios = _history(source, "LossyImageCompressionRatio")
+        methods = _history(source, "LossyImageCompressionMethod")
+    sc.LossyImageCompression = "01"
+    sc.LossyImageCompressionRatio = [*ratios, f"{sheet.nbytes / len(frame):.2f}"]
+    sc.LossyImageCompressionMethod = [*methods, JPEG_METHOD]
     return sc
+
+
+def _history(source: Dataset, keyword: str) -> list[str]:
+    value = source.get(keyword)
+    if value is None or value == "":
+        return []
+    return [str(v) for v in (value if isinstance(value, MultiValue) else [value])]

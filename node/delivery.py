@@ -260,8 +260,9 @@ def _accepted_as_is(assoc, sop_class: str, transfer_syntax: str) -> bool:
 
 def _as_peer_accepts(assoc, ds, sop_class: str):
     """The object in a transfer syntax the peer accepted: a compressed one (the tracing sheet is
-    JPEG-LS lossless) goes uncompressed to an archive that took only the uncompressed offer.
-    Lossless both ways, same SOP Instance UID: the archive gets the same image either way."""
+    JPEG baseline) goes uncompressed to an archive that took only the uncompressed offer. Same
+    SOP Instance UID: the uncompressed pixels are exactly what the JPEG decodes to, and the sheet
+    keeps saying it was lossy compressed (Lossy Image Compression 01, its ratio and method)."""
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
     if not ts.is_compressed:
         return ds

@@ -1,8 +1,10 @@
-"""dicom_io.sr_fast makes the very SR plain highdicom makes, only faster.
+"""The node's SR is the very SR plain highdicom makes, only faster (issue 14).
 
-Each case is built twice by dicom_io.sr.build_sr: once as the node builds it (sr_fast's
-ComprehensiveSR) and once with highdicom's own ComprehensiveSR put in its place. The two must be
-equal datasets and encode to the same bytes. Ignored, and only these: Instance Creation
+Each case is built twice by dicom_io.sr.build_sr: once as the node builds it (content items
+written as plain datasets by dicom_io.sr_content, the document by sr_fast's ComprehensiveSR) and
+once the plain highdicom way (content items by highdicom's template classes, dicom_io.sr_templates,
+and highdicom's own ComprehensiveSR). The two must be equal datasets (every element, recursively,
+sequences included) and encode to the same bytes. Ignored, and only these: Instance Creation
 Date/Time, Content Date/Time and the Contribution DateTime of highdicom's own entry in the
 Contributing Equipment Sequence, which highdicom stamps from the clock at each build.
 """
@@ -17,9 +19,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cephnode.cephalometry.analysis import analyse
-from cephnode.dicom_io import qc_content, sr as sr_module, sr_fast
+from cephnode.dicom_io import qc_content, sr as sr_module, sr_content, sr_fast, sr_templates
 from cephnode.dicom_io.outputs import instance_uid, series_uid
 from cephnode.domain.result import QualityVerdict, Verdict
+from tests.support.dataset_diff import differences
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 
 CLOCK = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
@@ -50,13 +53,19 @@ def _cases():
     # A failed tracing: no Imaging Measurements container at all (sr.py's placeholder path).
     failed = replace(plain.result, qc=QualityVerdict(Verdict.FAIL, ["low confidence"], codes=["confidence"]))
     yield "fail", plain.source, qc_content.withheld(failed)
+    degraded = isbi_report_case("003")
+    degraded.result.degraded = True
+    degraded.result.stage0.ok, degraded.result.stage0.failed_phase = False, "0A"
+    yield "degraded", degraded.source, degraded.result
 
 
 @pytest.mark.parametrize("name,source,result", list(_cases()), ids=lambda v: v if isinstance(v, str) else "")
 def test_fast_sr_equals_plain_highdicom(name, source, result, monkeypatch):
+    assert sr_module.CONTENT is sr_content
     fast = _build(source, result)
     assert type(fast) is sr_fast.ComprehensiveSR
     monkeypatch.setattr(sr_module, "ComprehensiveSR", hd.sr.ComprehensiveSR)
+    monkeypatch.setattr(sr_module, "CONTENT", sr_templates)
     plain = _build(source, result)
     assert type(plain) is hd.sr.ComprehensiveSR
     for keyword in CLOCK:
@@ -67,11 +76,21 @@ def test_fast_sr_equals_plain_highdicom(name, source, result, monkeypatch):
         if "ContributionDateTime" in theirs:
             ours.ContributionDateTime = theirs.ContributionDateTime
     assert plain == fast
+    assert differences(plain, fast) == []          # every element, Code Meanings included
     assert sorted(e.keyword for e in plain) == sorted(e.keyword for e in fast)
     assert _encoded(plain) == _encoded(fast)
     # `content` reads the tree into highdicom objects on demand, as plain highdicom keeps it.
     assert fast.content[0].ContentSequence == plain.content[0].ContentSequence
     assert type(fast.content) is type(plain.content) and type(fast.content[0]) is type(plain.content[0])
+
+
+def test_the_comparison_sees_a_different_code_meaning():
+    case = isbi_report_case("001")
+    a, b = _build(case.source, case.result), _build(case.source, case.result)
+    code = b.ContentSequence[-1].ContentSequence[0].ConceptCodeSequence[0]
+    code.CodeMeaning = code.CodeMeaning + " (changed)"
+    assert any("ConceptCodeSequence[0].CodeMeaning" in d for d in differences(a, b))
+    assert code == a.ContentSequence[-1].ContentSequence[0].ConceptCodeSequence[0]   # (highdicom: codes only)
 
 
 def test_fast_sr_reads_back_as_highdicom_sr():
@@ -100,3 +119,21 @@ def test_fast_sr_refuses_what_highdicom_refuses():
     root.ContentSequence[0].ValueType = "CONTAINER"
     with pytest.raises(ValueError, match="SCOORD3D"):
         sr_fast.referenced_instances(root)
+
+
+def test_label_cover_count_equals_the_plain_count():
+    """sr_labels._covered tests only the points inside its boxes' joint extent; the counts must
+    be those of testing every point against every box."""
+    import numpy as np
+
+    from cephnode.dicom_io.sr_labels import _covered
+
+    rng = np.random.default_rng(14)
+    for _ in range(50):
+        corners = rng.uniform(0, 2000, (rng.integers(1, 40), 2))
+        boxes = np.concatenate([corners, corners + rng.uniform(5, 300, (len(corners), 2))], axis=1)
+        points = rng.uniform(-50, 2500, (rng.integers(0, 3000), 2))
+        points[: len(points) // 10] = boxes[rng.integers(0, len(boxes), len(points) // 10), :2]   # on the edges too
+        x, y = points[None, :, 0], points[None, :, 1]
+        plain = ((x >= boxes[:, 0:1]) & (x <= boxes[:, 2:3]) & (y >= boxes[:, 1:2]) & (y <= boxes[:, 3:4])).sum(axis=1)
+        assert np.array_equal(_covered(boxes, points), plain)

@@ -34,9 +34,9 @@ def test_orthanc_accepts_each_object_by_c_store(tmp_path):
         ds.save_as(files[-1], enforce_file_format=True)
 
     with start_orthanc(tmp_path / "orthanc") as pacs:
-        # -R: propose exactly the SOP classes of the files (SEG and GSPS included); -xt: and
-        # JPEG-LS lossless, the tracing sheet's transfer syntax
-        proc = subprocess.run(["storescu", "-R", "-xt", "-aet", "CEPHNODE", "-aec", pacs.aet, pacs.host,
+        # -R: propose exactly the SOP classes of the files (SEG and GSPS included); -xy: and
+        # JPEG baseline, the tracing sheet's transfer syntax
+        proc = subprocess.run(["storescu", "-R", "-xy", "-aet", "CEPHNODE", "-aec", pacs.aet, pacs.host,
                                str(pacs.dicom_port), *map(str, files)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "Failed" not in proc.stderr and "Refused" not in proc.stderr, proc.stderr
@@ -47,7 +47,7 @@ def test_orthanc_accepts_each_object_by_c_store(tmp_path):
             tags = pacs.instance_tags(stored[ds.SOPInstanceUID])
             assert tags["SOPClassUID"] == SOP_CLASSES[kind]
             assert tags["StudyInstanceUID"] == case.source.StudyInstanceUID
-        # Orthanc decodes the JPEG-LS sheet itself (its rendered frame is the sheet drawn)
+        # Orthanc decodes the JPEG sheet itself (DCMTK's decoder): the very pixels pydicom decodes
         import numpy as np
         from PIL import Image
 
@@ -67,9 +67,10 @@ def test_orthanc_accepts_each_object_by_c_store(tmp_path):
         assert got == {m.key: m.value for m in analyse(case.result).computed}
 
 
-def test_a_peer_that_refuses_jpeg_ls_gets_the_tracing_sheet_uncompressed(tmp_path):
-    # The sheet is stored JPEG-LS lossless; an archive that accepts only uncompressed syntaxes
-    # still gets it, with the same pixels and the same SOP Instance UID (node.delivery).
+def test_a_peer_that_refuses_jpeg_gets_the_tracing_sheet_uncompressed(tmp_path):
+    # The sheet is stored JPEG baseline; an archive that accepts only uncompressed syntaxes
+    # still gets it, with the pixels it decodes to, still labelled lossy, and the same SOP
+    # Instance UID (node.delivery).
     import numpy as np
     import pydicom
     from pynetdicom import AE
@@ -97,4 +98,5 @@ def test_a_peer_that_refuses_jpeg_ls_gets_the_tracing_sheet_uncompressed(tmp_pat
     back = pydicom.dcmread(got)
     assert back.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
     assert back.SOPInstanceUID == sc.SOPInstanceUID and back.PhotometricInterpretation == "RGB"
+    assert back.LossyImageCompression == "01" and back.LossyImageCompressionMethod == "ISO_10918_1"
     assert np.array_equal(back.pixel_array, drawn)
