@@ -31,8 +31,10 @@ RADII = (10.0, 24.0, 42.0, 66.0)        # screen px between a point and the near
 DIRECTIONS = np.array([(np.cos(a), np.sin(a)) for a in np.radians(np.arange(0, 360, 45))])
 LANDMARK_MARK = 7.0                     # screen px around a landmark that no label should cover
 DISTANCE_COST = 4.0                     # a screen px further away costs this many px^2 of overlap
-OFF_FILM_MARGIN = 6.0                   # screen px inside the film's edge a box must keep clear of
-                                        # (the viewer's box may be a little larger than estimated)
+OFF_FILM_MARGIN = 40.0                  # screen px inside the film's edge a box must keep clear of:
+                                        # OHIF 3.13 drew an arrow's label about 30 px right of and
+                                        # below its TextPosition near the film's foot (pack 1.6.0's
+                                        # Gn on ISBI 001), and 6 px let it fall off the screen
 LINE_STEP = 6.0                         # screen px between samples of a drawn line
 LINE_COST = 40.0                        # px^2 of overlap per line sample under a box
 FAR_POINT = 40.0                        # screen px a label is further from its measurement when

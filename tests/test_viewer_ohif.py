@@ -211,7 +211,7 @@ def test_measurement_labels_do_not_pile_up(seen, written):
     # and every label is inside the viewport, where a reader can see it
     size = seen["stages"]["sr"]["svg_size"]
     assert all(b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["w"] <= size["w"] and b["y"] + b["h"] <= size["h"]
-               for b in boxes), [b for b in boxes if b["x"] + b["w"] > size["w"] or b["y"] + b["h"] > size["h"]]
+               for b in boxes), ([b for b in boxes if b["x"] + b["w"] > size["w"] or b["y"] + b["h"] > size["h"]], size)
 
 
 def test_tracked_labels_are_legible_where_the_sr_puts_them(seen, written):
@@ -228,7 +228,7 @@ def test_tracked_labels_are_legible_where_the_sr_puts_them(seen, written):
     assert covered / area < 0.02, covered / area
     size = tracked["svg_size"]
     assert all(b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["w"] <= size["w"] and b["y"] + b["h"] <= size["h"]
-               for b in boxes), [b for b in boxes if b["x"] + b["w"] > size["w"] or b["y"] + b["h"] > size["h"]]
+               for b in boxes), ([b for b in boxes if b["x"] + b["w"] > size["w"] or b["y"] + b["h"] > size["h"]], size)
 
 
 def test_seg_loads_over_the_radiograph_with_every_structure(seen, written):
