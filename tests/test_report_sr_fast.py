@@ -22,7 +22,7 @@ from cephnode.cephalometry.analysis import analyse
 from cephnode.dicom_io import qc_content, sr as sr_module, sr_content, sr_fast, sr_templates
 from cephnode.dicom_io.outputs import instance_uid, series_uid
 from cephnode.domain.result import QualityVerdict, Verdict
-from tests.support.dataset_diff import differences
+from tests.support.dataset_diff import differences, saved_bytes
 from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
 
 CLOCK = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
@@ -34,12 +34,6 @@ def _build(case_source, result):
         series_uid=series_uid(case_source, PACK_VERSION, "sr"), sop_uid=instance_uid(case_source, PACK_VERSION, "sr"),
         series_number=9001,
     )
-
-
-def _encoded(ds) -> bytes:
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def _cases():
@@ -78,7 +72,7 @@ def test_fast_sr_equals_plain_highdicom(name, source, result, monkeypatch):
     assert plain == fast
     assert differences(plain, fast) == []          # every element, Code Meanings included
     assert sorted(e.keyword for e in plain) == sorted(e.keyword for e in fast)
-    assert _encoded(plain) == _encoded(fast)
+    assert saved_bytes(plain) == saved_bytes(fast)
     # `content` reads the tree into highdicom objects on demand, as plain highdicom keeps it.
     assert fast.content[0].ContentSequence == plain.content[0].ContentSequence
     assert type(fast.content) is type(plain.content) and type(fast.content[0]) is type(plain.content[0])
@@ -95,7 +89,7 @@ def test_the_comparison_sees_a_different_code_meaning():
 
 def test_fast_sr_reads_back_as_highdicom_sr():
     case = isbi_report_case("001")
-    back = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(BytesIO(_encoded(_build(case.source, case.result)))))
+    back = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(BytesIO(saved_bytes(_build(case.source, case.result)))))
     groups = back.content.get_image_measurement_groups()
     assert len(groups) == sum(lm.available for lm in case.result.landmarks) + sum(
         m.value is not None for m in analyse(case.result).measurements)

@@ -7,6 +7,8 @@ recursing into every sequence item.
 """
 from __future__ import annotations
 
+from io import BytesIO
+
 from pydicom.dataset import Dataset
 
 
@@ -29,3 +31,10 @@ def differences(a: Dataset, b: Dataset, path: str = "") -> list[str]:
         elif ea.value != eb.value or str(ea.value) != str(eb.value):
             found.append(f"{where}: {ea.value!r} != {eb.value!r}")
     return found
+
+
+def saved_bytes(ds: Dataset) -> bytes:
+    """The file pydicom's own writer makes of `ds`: the byte-for-byte reference for fast paths."""
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
