@@ -63,12 +63,15 @@ def patch_matrix(centre: np.ndarray, scale: float = 1.0, angle_deg: float = 0.0)
     return m
 
 
+def warp_patch(grid: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The PATCH x PATCH patch that patch_matrix `m` places on the grid (border: replicate)."""
+    return cv2.warpAffine(grid, m, (PATCH, PATCH), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def read_patch(grid: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """The PATCH x PATCH patch that patch_matrix `m` places on the grid (border: replicate),
-    standardised."""
-    p = cv2.warpAffine(grid, m, (PATCH, PATCH), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                       borderMode=cv2.BORDER_REPLICATE)
-    return standardise(p)
+    """warp_patch, standardised: what the refiner is given."""
+    return standardise(warp_patch(grid, m))
 
 
 def standardise(p: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from cephnode.domain.landmarks import ISBI_19
 from cephnode.inference import refine as R
+from cephnode.inference.decode import decode_heatmaps
 from cephnode.inference.geometry import rescale
 from cephnode.inference.imageio import normalise_input
 from cephnode.training import heatmaps, isbi
@@ -93,8 +94,7 @@ def make_sample(rng: np.random.Generator, grid: np.ndarray, point: np.ndarray, t
     scale = rng.uniform(0.85, 1.15) if train else 1.0
     angle = rng.uniform(-10.0, 10.0) if train else 0.0
     m = R.patch_matrix(point + offset, scale, angle)
-    raw = cv2.warpAffine(grid, m, (R.PATCH, R.PATCH), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REPLICATE)
+    raw = R.warp_patch(grid, m)
     if train:
         raw = _intensity(rng, raw)
     inv = cv2.invertAffineTransform(m)
@@ -135,7 +135,6 @@ def validation_error(net, grids: np.ndarray, points: np.ndarray, mm_per_grid_px:
             xs, tg = zip(*(make_sample(rng, grids[i], points[i, j], False, offs[i, j]) for j in range(k)))
             heat = net(torch.from_numpy(np.stack(xs)[:, None])).numpy()
             own = heat[np.arange(k), np.arange(k)]
-            from cephnode.inference.decode import decode_heatmaps
             xy, _ = decode_heatmaps(own)
             d = (xy - np.stack(tg)) * (R.PATCH / R.OUT) * np.asarray(mm_per_grid_px)
             errs.append(np.hypot(d[:, 0], d[:, 1]))
@@ -229,10 +228,9 @@ def train_into_pack(pack: Path, ckpt: Path, cfg: RefinerConfig, *, splits: tuple
     ids, grids, points = grid_cache()
     cases = {c.case_id: c for c in isbi.load_cases()}
     split = np.array([cases[i].split for i in ids])
-    val_ids = {c.case_id for c in isbi.load_cases("val")} if val_images else set()
-    if val_images and val_images != isbi.VAL_IMAGES:
-        val_ids = {c.case_id for c in sorted(isbi.load_cases("train"), key=lambda c: c.case_id)[-val_images:]}
-    held = np.isin(ids, sorted(val_ids))
+    # the last `val_images` train images by number, as `cephnode train --val` holds out
+    train_ids = sorted(c.case_id for c in isbi.load_cases("train"))
+    held = np.isin(ids, train_ids[len(train_ids) - val_images:] if val_images else [])
     use = np.isin(split, splits) & ~held
     row, col = isbi.pixel_spacing_mm()
     w, h = isbi.image_size()
