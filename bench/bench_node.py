@@ -10,8 +10,8 @@ Prints one JSON object:
   node_peak_rss_mb          each node process's VmHWM at the end (its worker processes apart)
   cpu_s_per_image           CPU seconds (utime + stime from /proc) per image over the burst and its
                             processing, for the node processes, their worker processes, Orthanc
-                            and this bench (the sending modality); and per job the median CPU ms of
-                            each stage inside the worker (time.process_time: decode, inference,
+                            and this bench (the sending modality, and its reading of the queue);
+                            and per job the median CPU ms of each stage inside the worker (time.process_time: decode, inference,
                             objects), which contention distorts less than wall time
   lost / doubled            instances without a result in Orthanc / SOP UIDs there more than once
 Layouts: `--store sqlite` (default) is the single `cephnode serve` process; `--store postgresql`
@@ -175,11 +175,16 @@ def main() -> int:
 
                 n = len(encoded)
                 deadline = time.monotonic() + args.timeout
+                # The queue is read here, in this process (its CPU is the bench's own): `cephnode
+                # status` as a subprocess each second cost a Python start-up per poll, a third of
+                # a core taken from the node on this 2-core machine.
+                queue = JobStore(node.queue())
                 while time.monotonic() < deadline:
-                    st = node.status()
+                    st = queue.summary(recent=0)
                     if st["queue_depth"] == 0 and st["open_studies"] == 0 and sum(st["jobs"].values()) == n:
                         break
                     time.sleep(1.0)
+                queue.close()
                 cpu_end = cpu_now()
                 rss = {p.log_path.parent.name: peak_rss_mb(p.process.pid) for p in processes}
                 for p in processes:

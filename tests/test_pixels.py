@@ -6,6 +6,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cephnode.dicom_io.pixels import PixelDataError, read_dicom_image
+from cephnode.inference.orientation import pose_from_patient_orientation, to_canonical
 from tests.support import dicomgen
 
 
@@ -41,7 +42,13 @@ def test_geometry_is_passed_on(img):
     assert mirrored.patient_orientation == ("P", "F")
     assert np.abs(mirrored.pixels[:, ::-1] - _grey(dicomgen.ceph_variant(img, "plain"))).max() < 0.01
     rotated = read_dicom_image(dicomgen.ceph_variant(img, "rotated", pixel_spacing_mm=(0.2, 0.1)))
-    assert rotated.patient_orientation == ("H", "P")
+    assert rotated.patient_orientation == ("F", "P")
+    # the tag tells the truth: the pose it names turns the film into the canonical one (face
+    # left, upright), as the plain film's own tag does
+    canonical = to_canonical(_grey(dicomgen.ceph_variant(img, "plain")),
+                             *pose_from_patient_orientation(("A", "F")))
+    assert np.abs(to_canonical(rotated.pixels, *pose_from_patient_orientation(rotated.patient_orientation))
+                  - canonical).max() < 0.01
     assert rotated.pixels.shape == img.shape[::-1]
     assert rotated.pixel_spacing_mm == (0.1, 0.2)
 

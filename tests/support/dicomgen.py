@@ -168,7 +168,8 @@ def ceph_variant(pixels: np.ndarray, variant: str, *, pixel_spacing_mm: tuple[fl
     jpegls       12-bit, JPEG-LS lossless
     rle          16-bit, RLE lossless
     mirrored     the image mirrored left-right (face left), Patient Orientation P\\F
-    rotated      the image turned 90 degrees counter-clockwise, Patient Orientation H\\P
+    rotated      the image turned 90 degrees counter-clockwise, Patient Orientation F\\P
+                 (after the turn, increasing column points to the feet, increasing row to the back)
     """
     from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
@@ -192,7 +193,7 @@ def ceph_variant(pixels: np.ndarray, variant: str, *, pixel_spacing_mm: tuple[fl
     if variant == "rotated":
         rotated = np.ascontiguousarray(np.rot90(img, 1))
         sp = (pixel_spacing_mm[1], pixel_spacing_mm[0])
-        return make_dx(rotated, patient_orientation=("H", "P"), pixel_spacing_mm=sp, **kw)
+        return make_dx(rotated, patient_orientation=("F", "P"), pixel_spacing_mm=sp, **kw)
     raise ValueError(f"unknown variant {variant!r}; known: {', '.join(CEPH_VARIANTS)}")
 
 
