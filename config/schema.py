@@ -235,6 +235,9 @@ class Destination(_Strict):
     calling_ae_title: str | None = None     # default: the node's own AE title
     kinds: list[OutputKind] = Field(default_factory=lambda: list(DEFAULT_OUTPUT_KINDS))
     tls: ClientTls = Field(default_factory=ClientTls)
+    # C-STOREs in flight at once, one association each: an archive spends tens of ms per object,
+    # so one association caps a destination at about a dozen objects a second (node/delivery.py)
+    max_associations: int = Field(default=2, ge=1, le=16)
     # DICOMweb only
     url: str | None = None                  # the DICOMweb root, e.g. https://pacs.example/dicom-web
     auth: Literal["none", "basic", "bearer"] = "none"

@@ -1,7 +1,11 @@
 """C-STORE of produced objects to their destinations, with exponential backoff kept in the queue.
 
-One association per destination and round; each object's outcome is committed on its own, so
-a crash mid-round repeats at most the object in flight (same UIDs: the archive replaces it).
+Each round sends the due objects of a destination over up to `max_associations` associations
+at once (one thread each): an archive takes tens of milliseconds to store an object whatever its
+size (Orthanc 1.10: about 85 ms per C-STORE, 17 ms per REST upload of the same file), so one
+association at a time capped a destination at about a dozen objects per second, four images a
+second behind the node's processing (issue 14). Each object's outcome is committed on its own, so
+a crash mid-round repeats at most the objects in flight (same UIDs: the archive replaces them).
 
 An object whose transfer syntax the peer accepted as it is goes out as the file's own bytes
 (pynetdicom's chunked send from a path): decoding the file and encoding it again cost about as
@@ -11,6 +15,7 @@ Only a peer that needs another syntax gets a decoded, converted copy.
 from __future__ import annotations
 
 import ssl
+import threading
 import time
 from pathlib import Path
 from collections import defaultdict
@@ -90,16 +95,19 @@ class Deliverer:
             key = (peer.name, peer.ae_title, peer.host, peer.port)
             peers[key] = peer
             groups[key].append(d)
+        tasks = []
         for key, items in groups.items():
             peer = peers[key]
-            if stop is not None and stop.is_set():
-                break
-            self._send(peer, items, stop)
-        for name, items in web.items():
-            if stop is not None and stop.is_set():
-                break
-            self._send_web(self._destinations[name], items, stop)
+            tasks += [(self._send, peer, share) for share in _shares(items, self._associations(peer))]
+        tasks += [(self._send_web, self._destinations[name], items) for name, items in web.items()]
+        _run_together(tasks, stop)
         return len(due)
+
+    def _associations(self, peer: Peer) -> int:
+        """How many associations this peer gets at once: its destination's max_associations; a
+        modality taking its results back (return to sender) gets one."""
+        dest = self._destinations.get(peer.name)
+        return dest.max_associations if dest is not None else 1
 
     # ---- DICOMweb STOW-RS ---------------------------------------------------------------
     def _send_web(self, dest, items: list[Delivery], stop) -> None:
@@ -251,6 +259,40 @@ class Deliverer:
                       detail="permanent refusal" if permanent else "last retry failed")
         else:
             log.warning("delivery_retry_scheduled", **fields, retry_in_s=round(retry_in, 2))
+
+
+def _shares(items: list[Delivery], n: int) -> list[list[Delivery]]:
+    """The items dealt out over at most n associations, each keeping the claim's order (the
+    oldest first), none empty."""
+    n = max(1, min(n, len(items)))
+    return [items[i::n] for i in range(n)]
+
+
+def _run_together(tasks: list[tuple], stop) -> None:
+    """Run each (send, peer, items) on a thread of its own and wait for all; one task runs
+    here. A send commits each object's outcome itself; an error that escapes one is raised
+    once all have ended, as it would have been from a single send."""
+    tasks = [t for t in tasks if t[2]]
+    if len(tasks) <= 1:
+        for send, peer, items in tasks:
+            if stop is None or not stop.is_set():
+                send(peer, items, stop)
+        return
+    errors: list[BaseException] = []
+
+    def run(send, peer, items) -> None:
+        try:
+            send(peer, items, stop)
+        except BaseException as exc:   # raised below, in the delivery loop's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=t, name="cephnode-send", daemon=True) for t in tasks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def _accepted_as_is(assoc, sop_class: str, transfer_syntax: str) -> bool:
