@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from cephnode.cephalometry.analysis import Analysis, analyse
 from cephnode.cephalometry.tracing import NothingTraced
-from cephnode.dicom_io import qc_content
+from cephnode.dicom_io import iod_lookup, qc_content
 from cephnode.dicom_io.gsps import build_gsps
 from cephnode.dicom_io.pixels import DicomImage
 from cephnode.dicom_io.seg import build_seg
@@ -24,6 +24,8 @@ from cephnode.dicom_io.tracing_sheet import build_tracing_sheet
 from cephnode.dicom_io.uids import derived_uid
 from cephnode.domain.outputs import ALL_OUTPUT_KINDS, OutputKind, parse_kinds
 from cephnode.domain.result import InferenceResult
+
+iod_lookup.install()   # highdicom's IOD table walks, once per question (dicom_io/iod_lookup.py)
 
 log = structlog.get_logger(__name__)
 

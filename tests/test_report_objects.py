@@ -225,7 +225,7 @@ def test_tracing_sheet_text_is_what_pillow_draws():
     for i, (text, px, bold, outline) in enumerate(styles):
         for x, y in ((10 + 60 * i, 50 + 40 * i), (-5, 10), (480, 299), (250, 2), (600, 50)):
             texts.add(x, y, text, tuple(int(v) for v in rng.integers(0, 256, 3)), px, bold=bold, outline=outline)
-    ours = texts.draw_on(base)
+    ours = texts.draw_into(base.copy())
     img = Image.fromarray(base)
     draw = ImageDraw.Draw(img)
     for lb in texts.labels:
