@@ -60,6 +60,7 @@ def _fast(ds: Dataset) -> bytes:
     if ds.original_encoding != (None, None):
         raise _Unsupported                       # read from a file: pydicom's conversions apply
     encoding = ds.get("SpecificCharacterSet", "iso8859")
+    shared: dict[int, bytes] = {}     # id() of an item already written in this call -> its bytes
     shallow = Dataset()
     for tag in ds.keys():
         elem = ds.get_item(tag)
@@ -74,7 +75,7 @@ def _fast(ds: Dataset) -> bytes:
         if elem.VR == "SQ":
             if elem.is_undefined_length:
                 raise _Unsupported
-            body = _items(elem.value, convert_encodings(encoding))
+            body = _items(elem.value, convert_encodings(encoding), shared=shared)
             elem = RawDataElement(tag, "SQ", len(body), body, 0, False, True)
         shallow._dict[tag] = elem
     shallow.file_meta = meta
@@ -87,14 +88,22 @@ def _fast(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
-def _items(items: Any, encodings: Any, memo_key: Any = None) -> bytes:
+def _items(items: Any, encodings: Any, memo_key: Any = None, shared: dict[int, bytes] | None = None) -> bytes:
     if memo_key is None:
         memo_key = tuple(encodings) if isinstance(encodings, list) else encodings
+    if shared is None:
+        shared = {}
     parts: list[bytes] = []
     for item in items:
         if getattr(item, "is_undefined_length_sequence_item", False):
             raise _Unsupported
-        body = _dataset(item, encodings, memo_key)
+        # An item that is one object in many places (the SR's codes, its source-image reference:
+        # dicom_io.sr_content shares them as highdicom does) is encoded the first time it is met
+        # and its bytes reused: the tree does not change while it is written. A third of the
+        # SR's encoding (issue 14).
+        body = shared.get(id(item))
+        if body is None:
+            body = shared[id(item)] = _dataset(item, encodings, memo_key, shared)
         parts.append(_ITEM.pack(0xFFFE, 0xE000, len(body)))
         parts.append(body)
     return b"".join(parts)
@@ -104,7 +113,7 @@ def _tag_order(pair: tuple) -> int:
     return int(pair[0])              # (a plain int sorts without BaseTag's Python-level comparisons)
 
 
-def _dataset(ds: Dataset, encodings: Any, memo_key: Any) -> bytes:
+def _dataset(ds: Dataset, encodings: Any, memo_key: Any, shared: dict[int, bytes]) -> bytes:
     elements = ds._dict                         # read directly: the walk visits every element once
     if _CHARSET in elements:
         raise _Unsupported                       # an item with its own character set
@@ -118,7 +127,7 @@ def _dataset(ds: Dataset, encodings: Any, memo_key: Any) -> bytes:
         if vr == "SQ":
             if elem.is_undefined_length:
                 raise _Unsupported
-            body = _items(elem.value, encodings, memo_key)
+            body = _items(elem.value, encodings, memo_key, shared)
             parts.append(_SQ_HEADER.pack(tag >> 16, tag & 0xFFFF, b"SQ", 0, len(body)))
             parts.append(body)
         else:

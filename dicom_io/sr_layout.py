@@ -207,17 +207,29 @@ def on_film(points: np.ndarray, cols: int, rows: int) -> np.ndarray:
     return np.array(keep)
 
 
-def _ray_end(start: np.ndarray, towards: np.ndarray, length: float, cols: int, rows: int) -> np.ndarray | None:
-    """The point `length` beyond `start`, on the line from `towards` through `start`, kept on the
-    film; None when that adds nothing."""
+def _ray_ends(start: np.ndarray, towards: np.ndarray, lengths: np.ndarray, cols: int,
+              rows: int) -> list[np.ndarray | None]:
+    """For each length: the point that far beyond `start`, on the line from `towards` through
+    `start`, kept on the film; None where that adds nothing (a length of 0, or less than a
+    pixel left on the film). All lengths at once: one vector operation per step instead of a
+    dozen scalar ones per length, which cost 5 ms per report (issue 14)."""
     d = start - towards
     norm = float(np.hypot(*d))
-    if length <= 0 or norm < 1e-9:
-        return None
-    far = start + d / norm * length
-    if not _inside(far, cols, rows):
-        far = _clip_towards(start, far, cols, rows)
-    return far if np.hypot(*(far - start)) >= 1.0 else None
+    if norm < 1e-9:
+        return [None] * len(lengths)
+    far = start + (d / norm)[None, :] * lengths[:, None]
+    inside = ((EDGE <= far[:, 0]) & (far[:, 0] <= cols - EDGE) & (EDGE <= far[:, 1]) & (far[:, 1] <= rows - EDGE))
+    if not inside.all():                     # _clip_towards(start, far) for the points off the film
+        step = far - start
+        t = np.ones(len(far))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for axis, hi in ((0, cols - EDGE), (1, rows - EDGE)):
+                da = step[:, axis]
+                t = np.where(da > 0, np.minimum(t, (hi - start[axis]) / da),
+                             np.where(da < 0, np.minimum(t, (EDGE - start[axis]) / da), t))
+        far = np.where(inside[:, None], far, start + np.maximum(t, 0.0)[:, None] * step)
+    moved = np.hypot(far[:, 0] - start[0], far[:, 1] - start[1])
+    return [f if (length > 0 and m >= 1.0) else None for f, length, m in zip(far, lengths, moved)]
 
 
 def _free_ends(m: CephMeasurement, pts: np.ndarray) -> tuple[int | None, int | None]:
@@ -284,8 +296,12 @@ def _options(m: CephMeasurement, base: np.ndarray, cols: int, rows: int) -> _Opt
     # a reference line [.., a, b] from b), the last away from the point before it
     at = first or 0
     away = at + 1 if at + 1 < len(base) and at != len(base) - 1 else at - 1
-    starts = [(e, _ray_end(base[at], base[away], e * rows, cols, rows)) for e in (EXTENSIONS if first is not None else (0.0,))]
-    ends = [(e, _ray_end(base[-1], base[-2], e * rows, cols, rows)) for e in (EXTENSIONS if last is not None else (0.0,))]
+    def moves(extensions, start, towards):
+        e = np.asarray(extensions)
+        return list(zip(extensions, _ray_ends(start, towards, e * rows, cols, rows)))
+
+    starts = moves(EXTENSIONS if first is not None else (0.0,), base[at], base[away])
+    ends = moves(EXTENSIONS if last is not None else (0.0,), base[-1], base[-2])
     return _Options(base, starts, ends, at)
 
 
@@ -326,13 +342,15 @@ def measurement_drawings(result: InferenceResult, analysis: Analysis, cols: int,
         boxes.append(bx)
         costs.append(box_overlaps(bx, fixed) + spill + ext * per_height)
     chosen = [int(np.argmin(c)) for c in costs]          # each alone; then each against the others
+    chosen_boxes = np.array([boxes[i][c] for i, c in enumerate(chosen)]).reshape(-1, 4)
     for _ in range(4):
         changed = False
         for i in range(len(keys)):
-            others = np.array([boxes[j][chosen[j]] for j in range(len(keys)) if j != i]).reshape(-1, 4)
+            others = np.delete(chosen_boxes, i, axis=0)
             best = int(np.argmin(costs[i] + box_overlaps(boxes[i], others)))
             changed |= best != chosen[i]
             chosen[i] = best
+            chosen_boxes[i] = boxes[i][best]
         if not changed:
             break
     return {k: Drawing(polys[i].polyline(chosen[i]) - 0.5, tools[i]) for i, k in enumerate(keys)}
