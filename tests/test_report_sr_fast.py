@@ -116,18 +116,21 @@ def test_fast_sr_refuses_what_highdicom_refuses():
 
 
 def test_label_cover_count_equals_the_plain_count():
-    """sr_labels._covered tests only the points inside its boxes' joint extent; the counts must
-    be those of testing every point against every box."""
+    """sr_labels._Samples.covered compares only the points in each box's y-band (a run of the
+    y-sorted points); the counts must be those of testing every point against every box."""
     import numpy as np
 
-    from cephnode.dicom_io.sr_labels import _covered
+    from cephnode.dicom_io.sr_labels import _Samples
 
     rng = np.random.default_rng(14)
     for _ in range(50):
         corners = rng.uniform(0, 2000, (rng.integers(1, 40), 2))
         boxes = np.concatenate([corners, corners + rng.uniform(5, 300, (len(corners), 2))], axis=1)
         points = rng.uniform(-50, 2500, (rng.integers(0, 3000), 2))
-        points[: len(points) // 10] = boxes[rng.integers(0, len(boxes), len(points) // 10), :2]   # on the edges too
+        tenth = len(points) // 10
+        points[:tenth] = boxes[rng.integers(0, len(boxes), tenth), :2]                   # on the edges too:
+        points[tenth:2 * tenth] = boxes[rng.integers(0, len(boxes), tenth), 2:]          # top-left, bottom-right
+        points[2 * tenth:3 * tenth, 1] = points[:tenth, 1]                               # and equal y values
         x, y = points[None, :, 0], points[None, :, 1]
         plain = ((x >= boxes[:, 0:1]) & (x <= boxes[:, 2:3]) & (y >= boxes[:, 1:2]) & (y <= boxes[:, 3:4])).sum(axis=1)
-        assert np.array_equal(_covered(boxes, points), plain)
+        assert np.array_equal(_Samples(points).covered(boxes), plain)
