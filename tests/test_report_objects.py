@@ -377,3 +377,24 @@ def test_each_kind_is_stored_as_the_sop_class_delivery_proposes(case):
 
     built = build_outputs(case.source, case.result, pack_name=PACK_NAME, pack_version=PACK_VERSION)
     assert {str(k): str(ds.SOPClassUID) for k, ds in built.items()} == {str(k): v for k, v in SOP_CLASSES.items()}
+
+
+def test_tracing_sheet_shrinks_the_radiograph_like_area_averaging():
+    """tracing_sheet.shrink (Gaussian, then bilinear) must stay close to OpenCV's area
+    averaging, the reference for shrinking, at the scales a sheet uses; at scale 1 it is the
+    image itself, rounded to 8 bits."""
+    import cv2
+
+    from cephnode.dicom_io.tracing_sheet import shrink
+    from tests.support import dicomgen
+
+    grey = cv2.resize(dicomgen.isbi_image("001").astype(np.float32) / 255.0, (2000, 2500),
+                      interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    area_u8 = np.round(grey * 255).astype(np.uint8)
+    for scale in (0.64, 0.45, 0.33):
+        ours = shrink(grey, scale)
+        reference = cv2.resize(area_u8, (ours.shape[1], ours.shape[0]), interpolation=cv2.INTER_AREA)
+        assert ours.shape == (round(2500 * scale), round(2000 * scale))
+        mse = np.mean((ours.astype(float) - reference) ** 2)
+        assert 10 * np.log10(255 ** 2 / mse) > 50, scale
+    assert np.array_equal(shrink(grey, 1.0), area_u8)
