@@ -17,9 +17,10 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from pathlib import Path
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import pydicom
 from pydicom.filereader import read_file_meta_info
@@ -37,6 +38,10 @@ log = get_logger("cephnode.delivery")
 # it; this process only ever passes paths that the peer accepted in the file's transfer syntax.
 pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
+# How long a destination that refused some of our associations is asked for no more than it
+# took (a restart, or an admin raising its limit, is noticed after this).
+LEARNED_LIMIT_S = 3600.0
+REFUSED_PAUSE_S = 1.0
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 # Warnings are stored objects (PS3.4 B.2.3): coercion, elements discarded, not checked.
 SUCCESS_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007, 0x0107, 0x0116}
@@ -70,6 +75,8 @@ class Deliverer:
         self.store = store
         self.metrics = metrics   # node.metrics.NodeMetrics, or None
         self._destinations = {d.name: d for d in cfg.destinations}
+        # peer -> (associations it accepted at once, when it refused more): see _after_refusals
+        self._learned_limits: dict[tuple, tuple[int, float]] = {}
 
     def peer_for(self, d: Delivery) -> Peer:
         own = self.cfg.listen.ae_title
@@ -96,18 +103,61 @@ class Deliverer:
             peers[key] = peer
             groups[key].append(d)
         tasks = []
+        refusals: dict[tuple, tuple[int, list]] = {}     # peer -> (associations tried, refused shares)
         for key, items in groups.items():
             peer = peers[key]
-            tasks += [(self._send, peer, share) for share in _shares(items, self._associations(peer))]
+            shares = _shares(items, self._associations(peer, key))
+            if len(shares) == 1:
+                tasks.append((self._send, peer, shares[0]))
+                continue
+            refused: list = []
+            refusals[key] = (len(shares), refused)
+            tasks += [(partial(self._send, refused=refused), peer, share) for share in shares]
         tasks += [(self._send_web, self._destinations[name], items) for name, items in web.items()]
         _run_together(tasks, stop)
+        for key, (tried, refused) in refusals.items():
+            if refused:
+                self._after_refusals(peers[key], key, tried, refused, stop)
         return len(due)
 
-    def _associations(self, peer: Peer) -> int:
-        """How many associations this peer gets at once: its destination's max_associations; a
-        modality taking its results back (return to sender) gets one."""
+    def _associations(self, peer: Peer, key: tuple) -> int:
+        """How many associations this peer gets at once: its destination's max_associations, or
+        fewer where the peer has refused more within the last LEARNED_LIMIT_S; a modality
+        taking its results back (return to sender) gets one."""
         dest = self._destinations.get(peer.name)
-        return dest.max_associations if dest is not None else 1
+        if dest is None:
+            return 1
+        learned = self._learned_limits.get(key)
+        if learned is not None and time.monotonic() - learned[1] < LEARNED_LIMIT_S:
+            return min(dest.max_associations, learned[0])
+        return dest.max_associations
+
+    def _after_refusals(self, peer: Peer, key: tuple, tried: int, refused: list, stop) -> None:
+        """Some of a round's associations to one peer were not made. If the peer answered (it
+        accepted others, or it rejected them: an archive may allow one association per calling
+        AE, and pynetdicom rejects every one of several that arrive at once beyond its limit),
+        it takes fewer at once than configured: the objects go now over one more association,
+        no attempt counted for the refusal, and this process asks for no more than the peer
+        took, for LEARNED_LIMIT_S. If none was made and none was answered, the peer is down and
+        every object waits for its retry, as over a single association."""
+        accepted = tried - len(refused)
+        if accepted == 0 and not any(rejected for _, _, rejected in refused):
+            for pending, why, _ in refused:
+                for d in pending:
+                    self._failed(d, peer, why)
+            return
+        limit = max(1, accepted)
+        self._learned_limits[key] = (limit, time.monotonic())
+        log.warning("destination_refused_association", destination=peer.name, accepted=accepted, asked=tried,
+                    detail=f"sending the rest over one association; at most {limit} at once for "
+                           f"{LEARNED_LIMIT_S / 60:.0f} min (destinations[].max_associations sets it for good)")
+        # a moment first: a peer counts an association it refused or that just ended until its
+        # own thread or process for it has ended (pynetdicom does, for some milliseconds)
+        if stop is not None and stop.wait(REFUSED_PAUSE_S):
+            return
+        if stop is None:
+            time.sleep(REFUSED_PAUSE_S)
+        self._send(peer, [d for pending, _, _ in refused for d in pending], stop)
 
     # ---- DICOMweb STOW-RS ---------------------------------------------------------------
     def _send_web(self, dest, items: list[Delivery], stop) -> None:
@@ -143,7 +193,9 @@ class Deliverer:
                 self.metrics.delivery(dest.name, "delivered", seconds=seconds, job_state=job_state)
 
     # ---- one association ----------------------------------------------------------------
-    def _send(self, peer: Peer, items: list[Delivery], stop) -> None:
+    def _send(self, peer: Peer, items: list[Delivery], stop, refused: list | None = None) -> None:
+        """Send items over one association. `refused`: when given, an association that cannot
+        be made adds (its items, why) there instead of counting a failed attempt for each."""
         where = f"{peer.name} ({peer.ae_title}@{peer.host}:{peer.port})"
         if peer.name not in self._destinations and peer.name != "sender":
             for d in items:
@@ -175,19 +227,24 @@ class Deliverer:
         for sop_class, ts_set in list(contexts.items())[:128]:
             ae.add_requested_context(sop_class, sorted(ts_set))
         tls_args = None
+
+        def not_connected(why: str, rejected: bool = False) -> None:
+            if refused is not None:        # one of several associations: run_once decides
+                refused.append((pending, why, rejected))
+                return
+            for d in pending:
+                self._failed(d, peer, why)
+
         try:
             if peer.tls.enabled:
                 tls_args = (client_ssl_context(peer.tls), peer.tls.server_hostname or peer.host)
             assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
         except Exception as exc:
-            for d in pending:
-                self._failed(d, peer, f"cannot connect to {where}: {type(exc).__name__}: {exc}")
-            return
+            return not_connected(f"cannot connect to {where}: {type(exc).__name__}: {exc}")
         if not assoc.is_established:
-            why = "rejected the association" if assoc.is_rejected else "is unreachable or aborted the association"
-            for d in pending:
-                self._failed(d, peer, f"{where} {why}")
-            return
+            if assoc.is_rejected:
+                return not_connected(f"{where} rejected the association", rejected=True)
+            return not_connected(f"{where} is unreachable or aborted the association")
         try:
             for d in pending:
                 if stop is not None and stop.is_set():

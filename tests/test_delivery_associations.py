@@ -17,7 +17,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 
 from cephnode.config.loading import parse_config
-from cephnode.node.delivery import Deliverer
+from cephnode.config.schema import ClientTls
+from cephnode.node.delivery import Deliverer, Peer
 from cephnode.node.jobstore import InstanceRecord, JobStore, PlannedDelivery
 from tests.support import dicomgen
 from tests.support.orthanc import free_port
@@ -30,13 +31,14 @@ STORE_S = 0.15
 class SlowArchive:
     """A Storage SCP that takes STORE_S per object and counts the associations open at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_associations: int = 10) -> None:
         self.port = free_port()
         self.stored: list[str] = []
         self.open_now = 0
         self.most_open = 0
         self._lock = threading.Lock()
         ae = AE(ae_title="ARCHIVE")
+        ae.maximum_associations = max_associations      # more are rejected: local limit exceeded
         ae.add_supported_context(DX, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
             (evt.EVT_ACCEPTED, self._opened), (evt.EVT_RELEASED, self._closed), (evt.EVT_ABORTED, self._closed),
@@ -117,4 +119,24 @@ def test_objects_of_a_peer_that_is_down_are_kept_for_a_retry_on_every_associatio
     rows = store.deliveries()
     assert len(rows) == 6 and all(r["state"] == "pending" and r["attempts"] == 1 for r in rows)
     assert all("cannot connect" in r["last_error"] or "unreachable" in r["last_error"] for r in rows), rows
+    store.close()
+
+
+def test_a_destination_that_takes_fewer_associations_gets_everything_in_the_same_round(queue_target, tmp_path):
+    """An archive that allows one association per caller: the refused associations' objects go
+    after the others, in the same round, with no failed attempt counted; later rounds ask for
+    one association only."""
+    store = JobStore(queue_target)
+    uids = _deliveries(store, tmp_path, 9, "pacs")
+    single = SlowArchive(max_associations=1)
+    try:
+        deliverer = _deliverer(store, single, 3)
+        assert deliverer.run_once() == 9
+        assert sorted(single.stored) == sorted(uids) and single.most_open == 1
+        rows = store.deliveries()
+        assert all(r["state"] == "done" and r["attempts"] == 1 and r["last_error"] is None for r in rows), rows
+        peer = Peer("pacs", "ARCHIVE", "127.0.0.1", single.port, "CEPHNODE", ClientTls())
+        assert deliverer._associations(peer, (peer.name, peer.ae_title, peer.host, peer.port)) == 1
+    finally:
+        single.stop()
     store.close()
