@@ -98,6 +98,8 @@ def main() -> int:
     ap.add_argument("--worker-processes", type=int, default=1, help="`--role worker` processes (postgresql)")
     ap.add_argument("--batch", choices=["auto", "on", "off"], default="auto", help="processing.batch of the node")
     ap.add_argument("--batch-size", type=int, default=4, help="processing.batch_size of the node")
+    ap.add_argument("--max-associations", type=int, default=2,
+                    help="destinations[].max_associations of the node (C-STOREs to Orthanc at once)")
     ap.add_argument("--gap", type=float, default=0.0,
                     help="seconds between C-STOREs (e.g. 4: each image meets an idle node, for its latency)")
     ap.add_argument("--timeout", type=float, default=3600.0)
@@ -128,7 +130,8 @@ def main() -> int:
                 n = make_node(work / name, port=free_port(), pack=pack, quiet_period_s=args.quiet,
                               allowed_callers=[{"ae_title": "BENCH"}],
                               destinations=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
-                                             "port": pacs.dicom_port, "kinds": kinds}],
+                                             "port": pacs.dicom_port, "kinds": kinds,
+                                             "max_associations": args.max_associations}],
                               extra={"processing": {"outbox_kinds": kinds, "workers": args.workers,
                                                     "batch": args.batch, "batch_size": args.batch_size,
                                                     **({"threads": args.threads} if args.threads else {})},
@@ -257,6 +260,7 @@ def main() -> int:
             "per_job_median_ms": step_ms,
             "cpu_s_per_image": cpu_per_image,
             "batch": args.batch,
+            "max_associations": args.max_associations,
             "batched_jobs": sum(1 for t in timings if t.get("batch_size", 1) > 1),
             "node_peak_rss_mb": {k: (round(v, 1) if v else None) for k, v in rss.items()},
             "acknowledged": len(answered),

@@ -224,8 +224,8 @@ class Deliverer:
         kinds = dest.kinds if dest is not None else (self.cfg.return_to_sender.kinds if peer.name == "sender" else [])
         for kind in kinds:
             contexts[SOP_CLASSES[OutputKind(kind)]].update({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
-        for sop_class, ts_set in list(contexts.items())[:128]:
-            ae.add_requested_context(sop_class, sorted(ts_set))
+        for sop_class, syntaxes_offered in _presentation_contexts(contexts)[:128]:
+            ae.add_requested_context(sop_class, syntaxes_offered)
         tls_args = None
 
         def not_connected(why: str, rejected: bool = False) -> None:
@@ -316,6 +316,22 @@ class Deliverer:
                       detail="permanent refusal" if permanent else "last retry failed")
         else:
             log.warning("delivery_retry_scheduled", **fields, retry_in_s=round(retry_in, 2))
+
+
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def _presentation_contexts(wanted: dict[str, set[str]]) -> list[tuple[str, list[str]]]:
+    """(SOP class, transfer syntaxes) to propose: each compressed syntax an object is stored
+    in (the tracing sheet's JPEG baseline) in a context of its own, then Explicit and Implicit
+    VR Little Endian together. A peer picks one syntax per context, and Orthanc picks the
+    uncompressed one from a context that also offers JPEG: the sheet was then decompressed here
+    and archived as 12.7 MB of raw RGB instead of its 1.6 MB JPEG (issue 14)."""
+    out: list[tuple[str, list[str]]] = []
+    for sop_class, offered in wanted.items():
+        out += [(sop_class, [ts]) for ts in sorted(offered) if ts not in _UNCOMPRESSED]
+        out.append((sop_class, list(_UNCOMPRESSED)))
+    return out
 
 
 def _shares(items: list[Delivery], n: int) -> list[list[Delivery]]:

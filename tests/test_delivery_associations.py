@@ -1,4 +1,5 @@
-"""Deliveries to one destination go out over up to `max_associations` associations at once.
+"""Deliveries: over up to `max_associations` associations at once, and in the transfer syntax
+each object was stored in where the peer takes it.
 
 The peer is a real DICOM Storage SCP on a loopback socket (pynetdicom), slow on purpose: each
 C-STORE takes 0.15 s, as an archive that indexes what it stores does. It records how many
@@ -139,4 +140,37 @@ def test_a_destination_that_takes_fewer_associations_gets_everything_in_the_same
         assert deliverer._associations(peer, (peer.name, peer.ae_title, peer.host, peer.port)) == 1
     finally:
         single.stop()
+    store.close()
+
+
+def test_the_tracing_sheet_reaches_orthanc_as_the_jpeg_it_was_stored_in(tmp_path):
+    """Each compressed syntax is proposed in a context of its own: from a context offering JPEG
+    and the uncompressed syntaxes together, Orthanc picks uncompressed, and the 1.6 MB sheet was
+    decompressed by the node and archived as raw RGB."""
+    from cephnode.dicom_io.outputs import build_outputs
+    from tests.support.orthanc import start_orthanc
+    from tests.support.report_cases import PACK_NAME, PACK_VERSION, isbi_report_case
+
+    case = isbi_report_case("006")
+    (sc,) = build_outputs(case.source, case.result, kinds="sc", pack_name=PACK_NAME, pack_version=PACK_VERSION).values()
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    store = JobStore(tmp_path / "q.sqlite")
+    store.record_instance(InstanceRecord("1.9.0", DX, "1.9", "1.9.1", "1.2.840.10008.1.2.1", "/spool/x.dcm", "MOD",
+                                         "127.0.0.1", True, None), now=0)
+    store.close_quiet_studies(0, now=1)
+    job = store.claim_job()
+    obj = {"kind": "sc", "sop_uid": str(sc.SOPInstanceUID), "sop_class": str(sc.SOPClassUID), "path": str(path)}
+    store.finish_processing(job.id, [obj], [PlannedDelivery("pacs", "ORTHANC", "127.0.0.1", 0, **obj)], {})
+    with start_orthanc(tmp_path / "orthanc") as pacs:
+        cfg = parse_config({"destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
+                                              "port": pacs.dicom_port, "kinds": ["sc"]}]})
+        assert Deliverer(cfg, store).run_once() == 1
+        assert store.summary()["deliveries"] == {"done": 1}
+        (instance,) = pacs.get_json("/instances")
+        syntax = pacs.request("GET", f"/instances/{instance}/metadata/TransferSyntax").decode()
+        assert syntax == "1.2.840.10008.1.2.4.50"                          # JPEG baseline, as stored
+        archived = len(pacs.request("GET", f"/instances/{instance}/file"))
+        assert archived < int(sc.Rows) * int(sc.Columns) * 3 / 4                # not raw RGB
+        assert abs(archived - path.stat().st_size) < 1024                      # our file (Orthanc redoes the meta)
     store.close()
