@@ -3,8 +3,8 @@
 Each round sends the due objects of a destination over up to `max_associations` associations
 at once (one thread each): an archive takes tens of milliseconds to store an object whatever its
 size (Orthanc 1.10: about 85 ms per C-STORE, 17 ms per REST upload of the same file), so one
-association at a time capped a destination at about a dozen objects per second, four images a
-second behind the node's processing (issue 14). Each object's outcome is committed on its own, so
+association at a time capped a destination at about a dozen objects (four images' results) per
+second, fewer than the node makes in a burst (issue 14). Each object's outcome is committed on its own, so
 a crash mid-round repeats at most the objects in flight (same UIDs: the archive replaces them).
 
 An object whose transfer syntax the peer accepted as it is goes out as the file's own bytes
