@@ -82,20 +82,28 @@ def label_lines(m: CephMeasurement, unit: str) -> list[str]:
     return [f"{m.name}: {m.value:.2f} {unit}"]
 
 
+def _on_film(points: np.ndarray, cols: int, rows: int) -> np.ndarray:
+    """Whether each point ((..., 2)) is on the film, EDGE pixels inside its border."""
+    x, y = points[..., 0], points[..., 1]
+    return (EDGE <= x) & (x <= cols - EDGE) & (EDGE <= y) & (y <= rows - EDGE)
+
+
 def _inside(p: np.ndarray, cols: int, rows: int) -> bool:
+    """_on_film for one point, in plain comparisons (called in loops, point by point)."""
     return bool(EDGE <= p[0] <= cols - EDGE and EDGE <= p[1] <= rows - EDGE)
 
 
 def _clip_towards(inside: np.ndarray, outside: np.ndarray, cols: int, rows: int) -> np.ndarray:
-    """Where the segment from `inside` to `outside` leaves the film."""
-    d = outside - inside
-    t = 1.0
-    for axis, hi in ((0, cols - EDGE), (1, rows - EDGE)):
-        if d[axis] > 0:
-            t = min(t, (hi - inside[axis]) / d[axis])
-        elif d[axis] < 0:
-            t = min(t, (EDGE - inside[axis]) / d[axis])
-    return inside + max(t, 0.0) * d
+    """Where the segment from `inside` to `outside` leaves the film; `outside` may be one point
+    (2,) or several (n, 2)."""
+    d = np.asarray(outside) - inside
+    t = np.ones(d.shape[:-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for axis, hi in ((0, cols - EDGE), (1, rows - EDGE)):
+            da = d[..., axis]
+            t = np.where(da > 0, np.minimum(t, (hi - inside[axis]) / da),
+                         np.where(da < 0, np.minimum(t, (EDGE - inside[axis]) / da), t))
+    return inside + np.maximum(t, 0.0)[..., None] * d
 
 
 def _line_intersection(p1, p2, q1, q2) -> np.ndarray | None:
@@ -218,16 +226,9 @@ def _ray_ends(start: np.ndarray, towards: np.ndarray, lengths: np.ndarray, cols:
     if norm < 1e-9:
         return [None] * len(lengths)
     far = start + (d / norm)[None, :] * lengths[:, None]
-    inside = ((EDGE <= far[:, 0]) & (far[:, 0] <= cols - EDGE) & (EDGE <= far[:, 1]) & (far[:, 1] <= rows - EDGE))
-    if not inside.all():                     # _clip_towards(start, far) for the points off the film
-        step = far - start
-        t = np.ones(len(far))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for axis, hi in ((0, cols - EDGE), (1, rows - EDGE)):
-                da = step[:, axis]
-                t = np.where(da > 0, np.minimum(t, (hi - start[axis]) / da),
-                             np.where(da < 0, np.minimum(t, (EDGE - start[axis]) / da), t))
-        far = np.where(inside[:, None], far, start + np.maximum(t, 0.0)[:, None] * step)
+    off = ~_on_film(far, cols, rows)
+    if off.any():
+        far = np.where(off[:, None], _clip_towards(start, far, cols, rows), far)
     moved = np.hypot(far[:, 0] - start[0], far[:, 1] - start[1])
     return [f if (length > 0 and m >= 1.0) else None for f, length, m in zip(far, lengths, moved)]
 
