@@ -99,14 +99,14 @@ class Deliverer:
                 web[dest.name].append(d)
                 continue
             peer = self.peer_for(d)
-            key = (peer.name, peer.ae_title, peer.host, peer.port)
+            key = _peer_key(peer)
             peers[key] = peer
             groups[key].append(d)
         tasks = []
         refusals: dict[tuple, tuple[int, list]] = {}     # peer -> (associations tried, refused shares)
         for key, items in groups.items():
             peer = peers[key]
-            shares = _shares(items, self._associations(peer, key))
+            shares = _shares(items, self._associations(peer))
             if len(shares) == 1:
                 tasks.append((self._send, peer, shares[0]))
                 continue
@@ -117,22 +117,22 @@ class Deliverer:
         _run_together(tasks, stop)
         for key, (tried, refused) in refusals.items():
             if refused:
-                self._after_refusals(peers[key], key, tried, refused, stop)
+                self._after_refusals(peers[key], tried, refused, stop)
         return len(due)
 
-    def _associations(self, peer: Peer, key: tuple) -> int:
+    def _associations(self, peer: Peer) -> int:
         """How many associations this peer gets at once: its destination's max_associations, or
         fewer where the peer has refused more within the last LEARNED_LIMIT_S; a modality
         taking its results back (return to sender) gets one."""
         dest = self._destinations.get(peer.name)
         if dest is None:
             return 1
-        learned = self._learned_limits.get(key)
+        learned = self._learned_limits.get(_peer_key(peer))
         if learned is not None and time.monotonic() - learned[1] < LEARNED_LIMIT_S:
             return min(dest.max_associations, learned[0])
         return dest.max_associations
 
-    def _after_refusals(self, peer: Peer, key: tuple, tried: int, refused: list, stop) -> None:
+    def _after_refusals(self, peer: Peer, tried: int, refused: list, stop) -> None:
         """Some of a round's associations to one peer were not made. If the peer answered (it
         accepted others, or it rejected them: an archive may allow one association per calling
         AE, and pynetdicom rejects every one of several that arrive at once beyond its limit),
@@ -147,7 +147,7 @@ class Deliverer:
                     self._failed(d, peer, why)
             return
         limit = max(1, accepted)
-        self._learned_limits[key] = (limit, time.monotonic())
+        self._learned_limits[_peer_key(peer)] = (limit, time.monotonic())
         log.warning("destination_refused_association", destination=peer.name, accepted=accepted, asked=tried,
                     detail=f"sending the rest over one association; at most {limit} at once for "
                            f"{LEARNED_LIMIT_S / 60:.0f} min (destinations[].max_associations sets it for good)")
@@ -316,6 +316,11 @@ class Deliverer:
                       detail="permanent refusal" if permanent else "last retry failed")
         else:
             log.warning("delivery_retry_scheduled", **fields, retry_in_s=round(retry_in, 2))
+
+
+def _peer_key(peer: Peer) -> tuple:
+    """One destination address: its deliveries share associations and a learned limit."""
+    return peer.name, peer.ae_title, peer.host, peer.port
 
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)

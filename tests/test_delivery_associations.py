@@ -137,7 +137,7 @@ def test_a_destination_that_takes_fewer_associations_gets_everything_in_the_same
         rows = store.deliveries()
         assert all(r["state"] == "done" and r["attempts"] == 1 and r["last_error"] is None for r in rows), rows
         peer = Peer("pacs", "ARCHIVE", "127.0.0.1", single.port, "CEPHNODE", ClientTls())
-        assert deliverer._associations(peer, (peer.name, peer.ae_title, peer.host, peer.port)) == 1
+        assert deliverer._associations(peer) == 1
     finally:
         single.stop()
     store.close()
