@@ -75,7 +75,7 @@ def _fast(ds: Dataset) -> bytes:
         if elem.VR == "SQ":
             if elem.is_undefined_length:
                 raise _Unsupported
-            body = _items(elem.value, convert_encodings(encoding), shared=shared)
+            body = _items(elem.value, convert_encodings(encoding), shared)
             elem = RawDataElement(tag, "SQ", len(body), body, 0, False, True)
         shallow._dict[tag] = elem
     shallow.file_meta = meta
@@ -88,11 +88,9 @@ def _fast(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
-def _items(items: Any, encodings: Any, memo_key: Any = None, shared: dict[int, bytes] | None = None) -> bytes:
+def _items(items: Any, encodings: Any, shared: dict[int, bytes], memo_key: Any = None) -> bytes:
     if memo_key is None:
         memo_key = tuple(encodings) if isinstance(encodings, list) else encodings
-    if shared is None:
-        shared = {}
     parts: list[bytes] = []
     for item in items:
         if getattr(item, "is_undefined_length_sequence_item", False):
@@ -127,7 +125,7 @@ def _dataset(ds: Dataset, encodings: Any, memo_key: Any, shared: dict[int, bytes
         if vr == "SQ":
             if elem.is_undefined_length:
                 raise _Unsupported
-            body = _items(elem.value, encodings, memo_key, shared)
+            body = _items(elem.value, encodings, shared, memo_key)
             parts.append(_SQ_HEADER.pack(tag >> 16, tag & 0xFFFF, b"SQ", 0, len(body)))
             parts.append(body)
         else:
