@@ -18,7 +18,6 @@ copy of the radiograph that stays untouched in the archive; JPEG-LS lossless too
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -392,11 +391,6 @@ def _reference_source(sc: Dataset, source: Dataset) -> None:
 JPEG_QUALITY = 90
 JPEG_METHOD = "ISO_10918_1"          # Lossy Image Compression Method: JPEG lossy (PS3.3 C.7.6.1.1.5.1)
 
-# Encodes take turns: Pillow's encoder is thread-safe, but two workers' threads gain nothing from
-# encoding at once (each worker is a process of its own); the lock dates from a JPEG 2000 encoder
-# that crashed when two threads encoded at once (SIGSEGV in pylibjpeg-openjpeg).
-_ENCODER_LOCK = threading.Lock()
-
 
 def compress(sc: Dataset, sheet: np.ndarray, source: Dataset | None = None) -> Dataset:
     """JPEG baseline (PS3.5 A.4.1, 1.2.840.10008.1.2.4.50) of the RGB samples as they are
@@ -409,9 +403,9 @@ def compress(sc: Dataset, sheet: np.ndarray, source: Dataset | None = None) -> D
     from io import BytesIO
 
     buf = BytesIO()
-    with _ENCODER_LOCK:
-        Image.fromarray(np.ascontiguousarray(sheet), mode="RGB").save(buf, format="JPEG", quality=JPEG_QUALITY,
-                                                                     subsampling=0, keep_rgb=True)
+    # Pillow's encoder is thread-safe (the lock the JPEG 2000 encoder needed is gone with it)
+    Image.fromarray(np.ascontiguousarray(sheet), mode="RGB").save(buf, format="JPEG", quality=JPEG_QUALITY,
+                                                                 subsampling=0, keep_rgb=True)
     frame = buf.getvalue()
     sc.PixelData = encapsulate([frame])
     sc["PixelData"].VR = "OB"

@@ -523,7 +523,6 @@ class Pipeline:
             pixel_spacing_mm=prep.pixel_spacing_mm,
         )
 
-
     def _refine(self, prep: _Prepared, xy_work: np.ndarray) -> np.ndarray:
         """Stage 1's 512-grid points moved toward the refiner's, as far as the pack's weight says."""
         r = self.refinement
